@@ -1,0 +1,80 @@
+"""Layouts of covariance tensors, and the variances that pair with each entry.
+
+A covariance between two batches is ``(N1, N2, *S)``; one within a batch is ``(N, *S)``
+(``diagonal_batch``) or ``(N, N, *S)``. The spatial part ``*S`` is ``(H, W, ...)`` when
+``diagonal_spatial`` and interleaved pairs ``(H, H', W, W', ...)`` otherwise.
+
+Elementwise nonlinearities need, for every covariance entry Σ(a, b), the two variances
+Σ(a, a) and Σ(b, b). `entry_variances` returns them broadcastable against the covariance.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._kernel import Kernel
+
+
+def interleave(x: torch.Tensor, start: int) -> torch.Tensor:
+    """``(..., S1, ..., Sd, S1', ..., Sd')`` → ``(..., S1, S1', ..., Sd, Sd')`` from ``start``."""
+    d = (x.ndim - start) // 2
+    if d <= 1:
+        return x
+    order = list(range(start))
+    for i in range(d):
+        order += [start + i, start + d + i]
+    return x.permute(order)
+
+
+def variances(cov: torch.Tensor, diagonal_batch: bool, diagonal_spatial: bool) -> torch.Tensor:
+    """The per-example, per-location variances ``(N, *S_diag)`` stored in ``cov``."""
+    if not diagonal_batch:
+        cov = torch.movedim(torch.diagonal(cov, 0, 0, 1), -1, 0)
+    if not diagonal_spatial:
+        for _ in range((cov.ndim - 1) // 2):
+            cov = torch.diagonal(cov, 0, 1, 2)
+    return cov
+
+
+def _spread(var: torch.Tensor, leading: tuple[int, ...], first: bool, diagonal_spatial: bool) -> torch.Tensor:
+    """Reshapes ``(N, *S_diag)`` variances to broadcast against a covariance layout."""
+    spatial = var.shape[1:]
+    if diagonal_spatial:
+        shape = leading + spatial
+    else:
+        shape = leading
+        for s in spatial:
+            shape += (s, 1) if first else (1, s)
+    return var.reshape(shape)
+
+
+def entry_variances(
+    var1: torch.Tensor, var2: torch.Tensor, diagonal_spatial: bool, two_batch_axes: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variances ``(Σ(a, a), Σ(b, b))`` for every entry of a covariance Σ(a, b).
+
+    Args:
+        var1: ``(N1, *S_diag)`` variances of the first batch.
+        var2: ``(N2, *S_diag)`` variances of the second batch (``var1`` for a batch with
+            itself).
+        diagonal_spatial: the covariance's spatial layout.
+        two_batch_axes: ``True`` for a ``(N1, N2, *S)`` covariance, ``False`` for a
+            ``(N, *S)`` one (``var1`` and ``var2`` are then the same batch).
+
+    Returns:
+        Two tensors broadcastable against the covariance.
+    """
+    if two_batch_axes:
+        a = _spread(var1, (var1.shape[0], 1), True, diagonal_spatial)
+        b = _spread(var2, (1, var2.shape[0]), False, diagonal_spatial)
+    else:
+        a = _spread(var1, (var1.shape[0],), True, diagonal_spatial)
+        b = _spread(var2, (var2.shape[0],), False, diagonal_spatial)
+    return a, b
+
+
+def kernel_variances(k: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(var1, var2)``: per-example variances ``(N1, *S_diag)``, ``(N2, *S_diag)`` of ``k``."""
+    var1 = variances(k.cov1, k.diagonal_batch, k.diagonal_spatial)
+    var2 = var1 if k.cov2 is None else variances(k.cov2, k.diagonal_batch, k.diagonal_spatial)
+    return var1, var2

@@ -1,0 +1,177 @@
+"""`Dense`: the fully-connected affine layer, in NTK and standard parameterization."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .._kernel import Kernel
+from ._layer import Layer, Params, ShapeTree
+from ._requirements import Diagonal, Requirements
+
+
+def check_parameterization(layer: str, parameterization: str) -> str:
+    """Lower-cases and validates a parameterization name."""
+    if not isinstance(parameterization, str) or parameterization.lower() not in ("ntk", "standard"):
+        raise ValueError(f"{layer}: parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
+    return parameterization.lower()
+
+
+def check_std(layer: str, name: str, value: Any, allow_none: bool) -> float | None:
+    """Validates a weight or bias standard deviation."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{layer}: {name} must be a finite number{' or None' if allow_none else ''}, got {value!r}.")
+    return float(value)
+
+
+def affine(cov: torch.Tensor | None, W_std: float, b_std: float | None) -> torch.Tensor | None:
+    """σ_W² Σ + σ_b²: the covariance after a random affine map (``None`` passes through)."""
+    if cov is None:
+        return None
+    out = W_std**2 * cov
+    return out if b_std is None else out + b_std**2
+
+
+def affine_kernel(
+    k: Kernel, W_std: float, b_std: float | None, parameterization: str, fan_in: float
+) -> Kernel:
+    r"""The kernel after a random affine layer with ``fan_in`` inputs per output.
+
+    NTK parameterization:      Σ' = σ_W² Σ + σ_b²,   Θ' = Σ' + σ_W² Θ.
+    Standard parameterization: Σ' = σ_W² Σ + σ_b²,   Θ' = n Σ + σ_W² Θ (+ 1 with a bias),
+    where n = ``fan_in`` is the width of the layer's input (its weights are trained at
+    unit learning-rate scale, so the NTK grows with the width).
+    """
+    ntk = k.ntk
+    if parameterization == "ntk":
+        nngp = affine(k.nngp, W_std, b_std)
+        if ntk is not None:
+            ntk = nngp + W_std**2 * ntk
+    else:
+        if ntk is not None:
+            ntk = fan_in * k.nngp + W_std**2 * ntk
+            if b_std is not None:
+                ntk = ntk + 1.0
+        nngp = affine(k.nngp, W_std, b_std)
+    return k.replace(
+        nngp=nngp,
+        ntk=ntk,
+        cov1=affine(k.cov1, W_std, b_std),
+        cov2=affine(k.cov2, W_std, b_std),
+        is_gaussian=True,
+        is_input=False,
+    )
+
+
+class Dense(Layer):
+    r"""Fully-connected layer (neural-tangents' ``stax.Dense``).
+
+    NTK parameterization (default): W, b ~ N(0, 1) and
+    ``z = W_std / sqrt(n_in) * x @ W + b_std * b``. Standard: W ~ N(0, W_std² / n_in),
+    b ~ N(0, b_std²) and ``z = x @ W / sqrt(s[0]) + b``.
+
+    Kernel: Σ' = W_std² Σ + b_std²; Θ' = Σ' + W_std² Θ (NTK) or
+    Θ' = (n_in / s[0]) Σ + W_std² Θ (+1 with a bias) (standard). ``b_std=None`` means no
+    bias, which differs from ``b_std=0.0`` in the standard parameterization's NTK.
+
+    Args:
+        out_dim: output width (ignored by the kernel in NTK parameterization).
+        W_std: weight standard deviation.
+        b_std: bias standard deviation; ``None`` for no bias.
+        batch_axis: the batch axis of the inputs.
+        channel_axis: the feature axis of the inputs.
+        parameterization: ``"ntk"`` or ``"standard"``.
+        s: width scalings ``(s_in, s_out)`` of the standard parameterization.
+
+    Example:
+        >>> layer = stax.Dense(512, W_std=1.5, b_std=0.05)
+    """
+
+    param_names = ("W", "b")
+
+    def __init__(
+        self,
+        out_dim: int,
+        W_std: float = 1.0,
+        b_std: float | None = None,
+        batch_axis: int = 0,
+        channel_axis: int = -1,
+        parameterization: str = "ntk",
+        s: tuple[int, int] = (1, 1),
+    ) -> None:
+        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+            raise ValueError(f"Dense: out_dim must be a positive integer, got {out_dim!r}.")
+        self.out_dim = out_dim
+        self.W_std = check_std("Dense", "W_std", W_std, allow_none=False)
+        self.b_std = check_std("Dense", "b_std", b_std, allow_none=True)
+        self.batch_axis = batch_axis
+        self.channel_axis = channel_axis
+        self.parameterization = check_parameterization("Dense", parameterization)
+        if len(s) != 2 or any(not isinstance(v, int) or v < 1 for v in s):
+            raise ValueError(f"Dense: s must be a pair of positive integers, got {s!r}.")
+        self.s = tuple(s)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dense({self.out_dim}, W_std={self.W_std}, b_std={self.b_std}, "
+            f"parameterization={self.parameterization!r})"
+        )
+
+    @property
+    def requirements(self) -> Requirements:
+        return Requirements(
+            diagonal_spatial=Diagonal(), batch_axis=self.batch_axis, channel_axis=self.channel_axis
+        )
+
+    def _out_width(self) -> int:
+        return self.out_dim * (self.s[1] if self.parameterization == "standard" else 1)
+
+    def output_shape(self, input_shape: ShapeTree) -> ShapeTree:
+        if not isinstance(input_shape, tuple):
+            raise ValueError(f"Dense: expects a single input, got a list of {len(input_shape)}.")
+        axis = self.channel_axis % len(input_shape)
+        return input_shape[:axis] + (self._out_width(),) + input_shape[axis + 1 :]
+
+    def init_params(self, generator, input_shape, dtype, device) -> Params:  # noqa: ANN001
+        axis = self.channel_axis % len(input_shape)
+        fan_in = input_shape[axis]
+        if fan_in < 1:
+            raise ValueError(f"Dense: the input's feature axis {self.channel_axis} must have a known size, got {input_shape}.")
+        width = self._out_width()
+        W = torch.randn(fan_in, width, generator=generator, dtype=dtype, device=device)
+        b = None
+        if self.b_std is not None:
+            b_shape = [1] * len(input_shape)
+            b_shape[axis] = width
+            b = torch.randn(b_shape, generator=generator, dtype=dtype, device=device)
+        if self.parameterization == "standard":
+            W = W * (self.W_std / math.sqrt(fan_in / self.s[0]))
+            b = None if b is None else b * self.b_std
+        return (W, b)
+
+    def apply(self, params: Params, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        W, b = params
+        axis = self.channel_axis % x.ndim
+        if x.shape[axis] != W.shape[0]:
+            raise ValueError(
+                f"Dense: the input has {x.shape[axis]} features on axis {self.channel_axis}, "
+                f"but the layer was initialised for {W.shape[0]}."
+            )
+        out = torch.movedim(torch.tensordot(x, W, dims=([axis], [0])), -1, axis)
+        if self.parameterization == "ntk":
+            out = out * (self.W_std / math.sqrt(x.shape[axis]))
+            if b is not None:
+                out = out + self.b_std * b
+        else:
+            out = out / math.sqrt(self.s[0])
+            if b is not None:
+                out = out + b
+        return out
+
+    def propagate(self, k: Kernel, **kwargs: Any) -> Kernel:
+        fan_in = k.shape1[self.channel_axis] / self.s[0]
+        return affine_kernel(k, self.W_std, self.b_std, self.parameterization, fan_in)

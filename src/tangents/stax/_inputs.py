@@ -1,0 +1,172 @@
+"""From user inputs to the first `Kernel`: validation, once, and the input covariances.
+
+The input kernel of ``x1`` ``(N1, *S, C)`` and ``x2`` ``(N2, *S, C)`` (after moving the
+batch axis first and the channel axis last) is the channel-averaged second moment
+
+    nngp[n1, n2, s, s'] = (1/C) Σ_c x1[n1, s, c] x2[n2, s', c],
+
+stored with the spatial pairs interleaved ``(N1, N2, H, H', W, W')``, or only the
+``s = s'`` diagonal ``(N1, N2, H, W)`` when ``diagonal_spatial``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._kernel import Kernel
+from ._covariance import interleave
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        if x.dtype == object:
+            raise TypeError(f"kernel_fn: {name} must be a numeric array, got a numpy array of dtype object.")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    elif not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"kernel_fn: {name} must be a torch.Tensor or a numpy array, got {type(x).__name__}."
+        )
+    if x.dtype not in _FLOAT_DTYPES:
+        kind = "complex" if x.is_complex() else ("integer" if not x.is_floating_point() else "low-precision")
+        raise TypeError(
+            f"kernel_fn: {name} must be float32 or float64, got {kind} dtype {x.dtype}; "
+            f"convert it first, e.g. {name}.double()."
+        )
+    if x.ndim < 2:
+        raise ValueError(
+            f"kernel_fn: {name} must be at least 2-D (a batch axis and a feature axis), "
+            f"got shape {tuple(x.shape)}; for a single example use {name}[None]."
+        )
+    if x.numel() == 0:
+        raise ValueError(f"kernel_fn: {name} is empty (shape {tuple(x.shape)}); every axis needs at least one entry.")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"kernel_fn: {name} contains {bad} NaN or infinite value(s); kernels of such inputs are undefined."
+        )
+    return x
+
+
+def as_input_tensors(x1: Any, x2: Any) -> tuple[Any, Any]:
+    """Validates and converts inputs (tensors, numpy arrays, or lists of them).
+
+    Returns:
+        ``(x1, x2)`` as tensors of one floating dtype (the wider of the two) and device;
+        ``x2`` stays ``None`` when not given.
+
+    Raises:
+        TypeError: not a tensor/array, or not float32/float64.
+        ValueError: fewer than 2 axes, empty, NaN/inf, or x1/x2 shapes that disagree.
+    """
+    if isinstance(x1, (list, tuple)):
+        if x2 is not None and (not isinstance(x2, (list, tuple)) or len(x2) != len(x1)):
+            raise ValueError("kernel_fn: x1 is a list of inputs, so x2 must be None or a list of the same length.")
+        pairs = [as_input_tensors(a, None if x2 is None else b) for a, b in zip(x1, x2 or [None] * len(x1))]
+        return type(x1)(p[0] for p in pairs), (None if x2 is None else type(x1)(p[1] for p in pairs))
+
+    x1 = _as_tensor(x1, "x1")
+    if x2 is None:
+        return x1, None
+    x2 = _as_tensor(x2, "x2")
+    if x1.device != x2.device:
+        raise ValueError(f"kernel_fn: x1 is on {x1.device} but x2 is on {x2.device}; move them to one device.")
+    if x1.shape[1:] != x2.shape[1:] or x1.ndim != x2.ndim:
+        raise ValueError(
+            "kernel_fn: x1 and x2 must have the same shape apart from the batch axis, "
+            f"got {tuple(x1.shape)} and {tuple(x2.shape)}."
+        )
+    dtype = torch.promote_types(x1.dtype, x2.dtype)
+    return x1.to(dtype), x2.to(dtype)
+
+
+def _standard_layout(x: torch.Tensor, batch_axis: int, channel_axis: int | None) -> torch.Tensor:
+    """Moves the batch axis first and the channel axis last: ``(N, *S, C)``."""
+    if channel_axis is None:
+        return torch.movedim(x, batch_axis, 0).reshape(x.shape[batch_axis], -1)
+    return torch.movedim(x, (batch_axis % x.ndim, channel_axis % x.ndim), (0, -1))
+
+
+def input_covariance(
+    x1: torch.Tensor, x2: torch.Tensor | None, diagonal_spatial: bool
+) -> torch.Tensor:
+    """``(1/C) x1 x2ᵀ`` over channels for inputs in ``(N, *S, C)`` layout.
+
+    Returns:
+        ``(N1, N2, *S)`` if ``diagonal_spatial`` else ``(N1, N2, S1, S1', S2, S2', ...)``.
+    """
+    x2 = x1 if x2 is None else x2
+    channels = x1.shape[-1]
+    n_spatial = x1.ndim - 2
+    if n_spatial == 0:
+        return x1 @ x2.T / channels
+    if diagonal_spatial:
+        return torch.einsum("a...c,b...c->ab...", x1, x2) / channels
+    full = torch.tensordot(x1, x2, dims=([x1.ndim - 1], [x2.ndim - 1]))  # (N1, *S, N2, *S')
+    full = torch.movedim(full, 1 + n_spatial, 1)  # (N1, N2, *S, *S')
+    return interleave(full, start=2) / channels
+
+
+def input_variance(x: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
+    """Per-example covariances ``(1/C) Σ_c x[n, s, c] x[n, s', c]``.
+
+    Returns:
+        ``(N, *S)`` if ``diagonal_spatial`` else ``(N, S1, S1', S2, S2', ...)``.
+    """
+    channels = x.shape[-1]
+    n_spatial = x.ndim - 2
+    if n_spatial == 0 or diagonal_spatial:
+        return (x * x).sum(-1) / channels
+    full = torch.einsum("n...c,nzc->n...z", x, x.reshape(x.shape[0], -1, channels))
+    full = full.reshape(x.shape[:-1] + x.shape[1:-1])
+    return interleave(full, start=1) / channels
+
+
+def inputs_to_kernel(
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    diagonal_batch: bool,
+    diagonal_spatial: bool,
+    compute_ntk: bool,
+    batch_axis: int,
+    channel_axis: int | None,
+) -> Kernel:
+    """The `Kernel` of the raw inputs (validated by `as_input_tensors`)."""
+    batch_axis %= x1.ndim
+    shape1 = tuple(x1.shape)
+    shape2 = shape1 if x2 is None else tuple(x2.shape)
+    if channel_axis is None:
+        diagonal_spatial = False
+    a = _standard_layout(x1, batch_axis, channel_axis)
+    b = None if x2 is None else _standard_layout(x2, batch_axis, channel_axis)
+    x1_is_x2 = x2 is None or x2 is x1 or (x1.shape == x2.shape and bool(torch.equal(x1, x2)))
+    nngp = input_covariance(a, b, diagonal_spatial)
+    if diagonal_batch:
+        cov1 = input_variance(a, diagonal_spatial)
+        cov2 = None if b is None else input_variance(b, diagonal_spatial)
+    else:
+        cov1 = nngp if b is None else input_covariance(a, None, diagonal_spatial)
+        cov2 = None if b is None else input_covariance(b, None, diagonal_spatial)
+    ntk = torch.zeros((), dtype=nngp.dtype, device=nngp.device) if compute_ntk else None
+    return Kernel(
+        nngp=nngp,
+        ntk=ntk,
+        cov1=cov1,
+        cov2=cov2,
+        x1_is_x2=x1_is_x2,
+        is_gaussian=False,
+        is_reversed=False,
+        is_input=False,
+        diagonal_batch=diagonal_batch,
+        diagonal_spatial=diagonal_spatial,
+        shape1=shape1,
+        shape2=shape2,
+        batch_axis=batch_axis,
+        channel_axis=(x1.ndim - 1) if channel_axis is None else channel_axis % x1.ndim,
+    )

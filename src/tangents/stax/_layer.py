@@ -1,0 +1,333 @@
+"""`Layer`: one object, three uses (the NT triple, ``kernel_fn``, a finite ``nn.Module``).
+
+A layer implements four small pieces:
+
+* ``output_shape(input_shape)``: the finite-width output shape (``-1`` marks any size);
+* ``init_params(generator, input_shape, dtype, device)``: its parameters, a tuple of
+  tensors (``None`` for an absent bias) named by ``param_names``;
+* ``apply(params, x, **kwargs)``: the finite-width forward pass;
+* ``propagate(k, **kwargs)``: the infinite-width map ``Kernel -> Kernel``.
+
+Everything a user touches is built on those here, once: input validation, the input
+kernel, requirement fusion, shape bookkeeping, ``get`` selection, and the module wrapper.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._kernel import KERNEL_FIELDS, Kernel
+from ._inputs import as_input_tensors, inputs_to_kernel
+from ._requirements import Requirements
+
+Shape = tuple[int, ...]
+ShapeTree = Union[Shape, list, tuple]
+Params = Any
+Get = Union[None, str, Sequence[str]]
+KernelTree = Union[Kernel, list, tuple]
+RngLike = Union[None, int, torch.Generator]
+
+
+class Layer:
+    """Base class of every `tangents.stax` layer and combinator.
+
+    Unpacks as neural-tangents' triple::
+
+        init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(512), stax.Relu(), stax.Dense(1))
+
+    and also offers ``layer.kernel_fn``, ``layer.init_fn``, ``layer.apply_fn`` and
+    ``layer.to_module(input_shape)`` directly.
+    """
+
+    #: Names of the tensors in this layer's parameter tuple, e.g. ``("W", "b")``.
+    param_names: tuple[str, ...] = ()
+    #: Layers this one is composed of (combinators only).
+    children: tuple[Layer, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "display_name", type(self).__name__)
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
+
+    # ------------------------------------------------------------------ to implement
+
+    @property
+    def requirements(self) -> Requirements:
+        """What this layer needs from its input kernel (default: nothing)."""
+        return Requirements()
+
+    def output_shape(self, input_shape: ShapeTree) -> ShapeTree:
+        """The finite-width output shape for ``input_shape`` (default: unchanged)."""
+        return input_shape
+
+    def init_params(
+        self, generator: torch.Generator | None, input_shape: ShapeTree, dtype: torch.dtype, device: torch.device
+    ) -> Params:
+        """Samples this layer's parameters (default: none)."""
+        return ()
+
+    def apply(self, params: Params, x: Any, **kwargs: Any) -> Any:
+        """The finite-width forward pass."""
+        raise NotImplementedError(f"{self.name}: no finite-width forward pass is defined.")
+
+    def propagate(self, k: KernelTree, **kwargs: Any) -> KernelTree:
+        """The infinite-width map from the input kernel to the output kernel."""
+        raise NotImplementedError(f"{self.name}: no infinite-width kernel is defined.")
+
+    # ------------------------------------------------------------------ internal composition
+
+    def transform(self, k: KernelTree, **kwargs: Any) -> KernelTree:
+        """``propagate`` plus the bookkeeping of output shapes; what combinators call."""
+        out = self.propagate(k, **kwargs)
+        if self.children:
+            return out  # children already set their own shapes
+        shape1 = self.output_shape(_tree_shapes(k, "shape1"))
+        shape2 = self.output_shape(_tree_shapes(k, "shape2"))
+        return _tree_set_shapes(out, shape1, shape2)
+
+    # ------------------------------------------------------------------ public API
+
+    def __iter__(self) -> Iterator[Callable[..., Any]]:
+        return iter((self.init_fn, self.apply_fn, self.kernel_fn))
+
+    def init_fn(
+        self,
+        rng: RngLike,
+        input_shape: ShapeTree,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> tuple[ShapeTree, Params]:
+        """Samples parameters of the finite-width network.
+
+        Args:
+            rng: a seed (int), a ``torch.Generator``, or ``None`` for torch's global RNG.
+            input_shape: the input shape, e.g. ``(-1, 784)`` (``-1``: any batch size).
+            dtype: parameter dtype (default: ``torch.get_default_dtype()``).
+            device: parameter device (default: CPU).
+
+        Returns:
+            ``(output_shape, params)`` as in neural-tangents.
+        """
+        generator = _as_generator(rng, device)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        device = torch.device("cpu") if device is None else torch.device(device)
+        input_shape = _canonical_shape(input_shape)
+        return self.output_shape(input_shape), self.init_params(generator, input_shape, dtype, device)
+
+    def apply_fn(self, params: Params, inputs: Any, **kwargs: Any) -> Any:
+        """Runs the finite-width network: ``apply_fn(params, x, rng=None, mode='train')``."""
+        return self.apply(params, inputs, **kwargs)
+
+    def kernel_fn(
+        self,
+        x1_or_kernel: Any,
+        x2: Any = None,
+        get: Get = None,
+        *,
+        diagonal_batch: bool | None = None,
+        diagonal_spatial: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        r"""The infinite-width NNGP and NTK of the network, as neural-tangents' ``kernel_fn``.
+
+        Args:
+            x1_or_kernel: inputs ``(N1, ...)`` (tensor or numpy array, or a list of them for
+                multi-input networks), or a `Kernel` to propagate.
+            x2: second inputs ``(N2, ...)``; ``None`` means ``x2 = x1`` (computed once).
+            get: ``None`` for the `Kernel`; a name (``"nngp"``, ``"ntk"``, ``"cov1"``, ...)
+                for that tensor; a tuple of names for a named tuple of them.
+            diagonal_batch: store only per-example variances in ``cov1``/``cov2``
+                (default: whatever the network needs, usually ``True``).
+            diagonal_spatial: store only location-diagonal covariances (default: whatever
+                the network needs).
+            **kwargs: passed to every layer (e.g. ``pattern`` for graph layers).
+
+        Returns:
+            A `Kernel`, a tensor, or a named tuple ``AnalyticKernel``, on the inputs' device
+            and in their dtype. ``nngp``/``ntk`` have shape ``(N1, N2)`` for FC networks.
+
+        Example:
+            >>> from tangents import stax
+            >>> _, _, kernel_fn = stax.serial(stax.Dense(512), stax.Relu(), stax.Dense(1))
+            >>> x = torch.randn(5, 3, dtype=torch.float64)
+            >>> kernel_fn(x, None, "ntk").shape
+            torch.Size([5, 5])
+        """
+        names = _check_get(get)
+        if _is_kernel_tree(x1_or_kernel):
+            if x2 is not None:
+                raise ValueError(f"{self.name}.kernel_fn: x2 must be None when a Kernel is given.")
+            out = self.transform(x1_or_kernel, diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial, **kwargs)
+            return _select(out, get)
+
+        x1, x2 = as_input_tensors(x1_or_kernel, x2)
+        batch, spatial, batch_axis, channel_axis = self.requirements.resolve(diagonal_batch, diagonal_spatial)
+        compute_ntk = names is None or "ntk" in names
+        k = _tree_map2(
+            lambda a, b: inputs_to_kernel(
+                a,
+                b,
+                diagonal_batch=batch,
+                diagonal_spatial=spatial,
+                compute_ntk=compute_ntk,
+                batch_axis=batch_axis,
+                channel_axis=channel_axis,
+            ),
+            x1,
+            x2,
+        )
+        out = self.transform(k, **kwargs)
+        return _select(out, get)
+
+    def to_module(
+        self,
+        input_shape: ShapeTree,
+        *,
+        seed: RngLike = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> StaxModule:
+        """The same network at finite width, as a trainable ``torch.nn.Module``.
+
+        Parameters are sampled as in `init_fn` and scaled in the forward pass exactly as
+        the kernel assumes (NTK or standard parameterization, per layer).
+
+        Args:
+            input_shape: the input shape, e.g. ``(-1, 784)``.
+            seed: a seed, a ``torch.Generator``, or ``None`` for torch's global RNG.
+            dtype: parameter dtype (default: ``torch.get_default_dtype()``).
+            device: parameter device.
+
+        Example:
+            >>> net = stax.serial(stax.Dense(512), stax.Relu(), stax.Dense(1))
+            >>> model = net.to_module((-1, 3), seed=0)
+            >>> model(torch.randn(4, 3)).shape
+            torch.Size([4, 1])
+        """
+        _, params = self.init_fn(seed, input_shape, dtype=dtype, device=device)
+        return StaxModule(self, params)
+
+
+class StaxModule(nn.Module):
+    """A finite-width `Layer` with its parameters registered as ``nn.Parameter``s.
+
+    Combinators hold their children as submodules ``"0"``, ``"1"``, ...; leaf layers hold
+    their parameters under the layer's ``param_names`` (``W``, ``b``, ...). In training
+    mode stochastic layers (``Dropout``) are active; ``model.eval()`` turns them off.
+    """
+
+    def __init__(self, layer: Layer, params: Params) -> None:
+        super().__init__()
+        object.__setattr__(self, "layer", layer)  # not a submodule
+        if layer.children:
+            for i, (child, child_params) in enumerate(zip(_children_for_params(layer), params)):
+                self.add_module(str(i), StaxModule(child, child_params))
+        else:
+            for name, tensor in zip(layer.param_names, params):
+                self.register_parameter(name, None if tensor is None else nn.Parameter(tensor))
+
+    def params(self) -> Params:
+        """The parameters in the layout ``layer.apply_fn`` takes."""
+        if self.layer.children:
+            return tuple(child.params() for child in self.children())  # type: ignore[union-attr]
+        return tuple(getattr(self, name) for name in self.layer.param_names)
+
+    def forward(self, x: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("mode", "train" if self.training else "test")
+        return self.layer.apply_fn(self.params(), x, **kwargs)
+
+    def extra_repr(self) -> str:
+        return "" if self.layer.children else repr(self.layer)
+
+
+def _children_for_params(layer: Layer) -> Sequence[Layer]:
+    """The child layer owning each entry of a combinator's parameter tuple."""
+    return getattr(layer, "param_children", layer.children)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _as_generator(rng: RngLike, device: torch.device | str | None) -> torch.Generator | None:
+    if rng is None or isinstance(rng, torch.Generator):
+        return rng
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        g = torch.Generator(device="cpu")
+        g.manual_seed(int(rng))
+        return g
+    raise TypeError(f"init_fn: rng must be an int seed, a torch.Generator or None, got {type(rng).__name__}.")
+
+
+def _canonical_shape(shape: ShapeTree) -> ShapeTree:
+    if isinstance(shape, torch.Size):
+        return tuple(shape)
+    if isinstance(shape, (list, tuple)) and shape and all(isinstance(s, (list, tuple, torch.Size)) for s in shape):
+        return type(shape)(_canonical_shape(s) for s in shape)
+    if isinstance(shape, (list, tuple)) and all(isinstance(s, (int, np.integer)) for s in shape):
+        return tuple(int(s) for s in shape)
+    raise TypeError(f"init_fn: input_shape must be a tuple of ints (or a list of such), got {shape!r}.")
+
+
+def _is_kernel_tree(x: Any) -> bool:
+    if isinstance(x, Kernel):
+        return True
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_kernel_tree(i) for i in x)
+
+
+def _tree_map2(fn: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
+    if isinstance(a, (list, tuple)):
+        bs = [None] * len(a) if b is None else b
+        return type(a)(_tree_map2(fn, ai, bi) for ai, bi in zip(a, bs))
+    return fn(a, b)
+
+
+def _tree_shapes(k: KernelTree, attr: str) -> ShapeTree:
+    if isinstance(k, Kernel):
+        return getattr(k, attr)
+    return type(k)(_tree_shapes(ki, attr) for ki in k)
+
+
+def _tree_set_shapes(k: KernelTree, shape1: ShapeTree, shape2: ShapeTree) -> KernelTree:
+    if isinstance(k, Kernel):
+        return k.replace(shape1=shape1, shape2=shape2)
+    return type(k)(_tree_set_shapes(ki, s1, s2) for ki, s1, s2 in zip(k, shape1, shape2))
+
+
+def _check_get(get: Get) -> tuple[str, ...] | None:
+    if get is None:
+        return None
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names:
+        raise ValueError("kernel_fn: get must be None, a name or a non-empty tuple of names, got ().")
+    for name in names:
+        if not isinstance(name, str) or name not in KERNEL_FIELDS:
+            raise ValueError(
+                f"kernel_fn: unknown get name {name!r}; valid names are {', '.join(KERNEL_FIELDS)}."
+            )
+    return names
+
+
+_NAMED_TUPLES: dict[tuple[str, ...], type] = {}
+
+
+def _select(out: KernelTree, get: Get) -> Any:
+    if get is None:
+        return out
+    if not isinstance(out, Kernel):
+        return type(out)(_select(o, get) for o in out)
+    if isinstance(get, str):
+        return getattr(out, get)
+    names = tuple(get)
+    cls = _NAMED_TUPLES.get(names)
+    if cls is None:
+        cls = _NAMED_TUPLES[names] = collections.namedtuple("AnalyticKernel", names)  # type: ignore[misc]
+    return cls(*(getattr(out, name) for name in names))

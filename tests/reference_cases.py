@@ -1,0 +1,70 @@
+"""Loads neural-tangents 0.6.5 reference cases (``tests/reference``) and rebuilds their networks.
+
+The manifest spells each architecture in neural-tangents' names and arguments, so
+``getattr(tangents.stax, spec["type"])(**args)`` builds the same layer; keys that describe
+rather than configure (``note``, ``fn_definition``, ...) are dropped here.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from tangents import stax
+
+REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
+MANIFEST = json.loads((REFERENCE_DIR / "manifest.json").read_text())
+CASES = {case["id"]: case for case in MANIFEST["cases"]}
+
+_DESCRIPTIVE_KEYS = {"type", "note", "equivalent", "fn_definition", "df", "to_dense", "precision"}
+
+ELEMENTWISE_FNS = {
+    "tanh": torch.tanh,
+    "softplus": torch.nn.functional.softplus,
+    "swish": lambda x: x * torch.sigmoid(x),
+}
+
+
+def build(spec: dict[str, Any]) -> stax.Layer:
+    """Builds the `tangents.stax` layer a manifest ``arch`` entry describes."""
+    kind = spec["type"]
+    if kind in ("serial", "parallel"):
+        return getattr(stax, kind)(*(build(s) for s in spec["layers"]))
+    if kind == "repeat":
+        return stax.repeat(build(spec["layer"]), spec["n"])
+    args = {k: v for k, v in spec.items() if k not in _DESCRIPTIVE_KEYS}
+    if kind == "ElementwiseNumerical":
+        args["fn"] = ELEMENTWISE_FNS[args["fn"]]
+    for key in ("s", "filter_shape", "strides", "window_shape", "shape"):
+        if isinstance(args.get(key), list):
+            args[key] = tuple(args[key])
+    return getattr(stax, kind)(**args)
+
+
+def load(case_id: str) -> dict[str, np.ndarray]:
+    """The stored arrays of a case, by name."""
+    with np.load(REFERENCE_DIR / CASES[case_id]["file"]) as data:
+        return {k: data[k] for k in data.files}
+
+
+def relative_error(ours: Any, ref: np.ndarray, finite_only: bool = False) -> float:
+    """max |ours − ref| / max |ref| (over the entries where ``ref`` is finite if asked)."""
+    ours = np.asarray(ours.detach().cpu() if isinstance(ours, torch.Tensor) else ours, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape, f"shape {ours.shape} != reference {ref.shape}"
+    mask = np.isfinite(ref) if finite_only else np.ones(ref.shape, dtype=bool)
+    scale = np.abs(ref[mask]).max()
+    return float(np.abs(ours[mask] - ref[mask]).max() / scale)
+
+
+def case_ids(prefixes: tuple[str, ...], kind: str = "kernel") -> list[str]:
+    """Ids of the cases of ``kind`` whose id starts with one of ``prefixes`` (and are shipped)."""
+    return [
+        cid
+        for cid, case in CASES.items()
+        if case["kind"] == kind and cid.startswith(prefixes) and (REFERENCE_DIR / case["file"]).exists()
+    ]
