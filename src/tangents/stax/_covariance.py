@@ -78,3 +78,15 @@ def kernel_variances(k: Kernel) -> tuple[torch.Tensor, torch.Tensor]:
     var1 = variances(k.cov1, k.diagonal_batch, k.diagonal_spatial)
     var2 = var1 if k.cov2 is None else variances(k.cov2, k.diagonal_batch, k.diagonal_spatial)
     return var1, var2
+
+
+def with_exact_diagonal(k: Kernel, nngp: torch.Tensor, cov1: torch.Tensor) -> torch.Tensor:
+    """``nngp`` with its batch diagonal set to ``cov1`` when the two batches are one.
+
+    When ``x2`` is ``x1``, Σ(a, a) is stored twice: on the diagonal of ``nngp`` and in
+    ``cov1``. Kept bit-identical, nonlinearities see exactly coincident points there
+    (√(v₁v₂ − c²) = 0) instead of rounding noise that square roots amplify to ~1e-8.
+    """
+    if not (k.x1_is_x2 and k.diagonal_batch and nngp.shape[0] == nngp.shape[1] and nngp.ndim == cov1.ndim + 1):
+        return nngp
+    return torch.diagonal_scatter(nngp, torch.movedim(cov1, 0, -1), 0, 0, 1)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .._kernel import Kernel
-from ._covariance import entry_variances, kernel_variances
+from ._covariance import entry_variances, kernel_variances, with_exact_diagonal
 from ._layer import Layer
 from ._requirements import Diagonal, Requirements
 
@@ -80,6 +80,7 @@ class Activation(Layer):
         ntk = None if k.ntk is None else tdot * k.ntk  # type: ignore[operator]
         cov1 = self._within(k.cov1, var1, k)
         cov2 = None if k.cov2 is None else self._within(k.cov2, var2, k)
+        nngp = with_exact_diagonal(k, nngp, cov1)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
 
     def _within(self, cov: torch.Tensor, var: torch.Tensor, k: Kernel) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .._kernel import Kernel
-from ._covariance import interleave
+from ._covariance import interleave, with_exact_diagonal
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -154,7 +154,7 @@ def inputs_to_kernel(
         cov1 = nngp if b is None else input_covariance(a, None, diagonal_spatial)
         cov2 = None if b is None else input_covariance(b, None, diagonal_spatial)
     ntk = torch.zeros((), dtype=nngp.dtype, device=nngp.device) if compute_ntk else None
-    return Kernel(
+    k = Kernel(
         nngp=nngp,
         ntk=ntk,
         cov1=cov1,
@@ -170,3 +170,4 @@ def inputs_to_kernel(
         batch_axis=batch_axis,
         channel_axis=(x1.ndim - 1) if channel_axis is None else channel_axis % x1.ndim,
     )
+    return k.replace(nngp=with_exact_diagonal(k, nngp, cov1))
