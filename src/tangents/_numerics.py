@@ -41,7 +41,10 @@ def safe_divide(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Ten
 
 @lru_cache(maxsize=64)
 def _hermgauss(deg: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.polynomial.hermite.hermgauss(deg)
+    # scipy's Golub-Welsch nodes stay finite for high degrees (numpy's overflow from ~375).
+    from scipy.special import roots_hermite
+
+    return roots_hermite(deg)
 
 
 def gauss_hermite(deg: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

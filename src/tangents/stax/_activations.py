@@ -1,5 +1,9 @@
 """Closed-form nonlinearities: each is φ with its Gaussian expectations T and Ṫ.
 
+The piecewise-linear family (ABRelu, Relu, LeakyRelu, Abs, Sign), Erf and Gelu, the
+exponential and trigonometric ones (Sin, Cos, Rbf, Exp, Gaussian, Gabor) and the
+kernel-only ExpNormalized; polynomial activations are in `_polynomials`.
+
 Notation (see `_elementwise`): c = Σ(a, b), v₁ = Σ(a, a), v₂ = Σ(b, b), and
 T = E[φ(u)φ(v)], Ṫ = E[φ'(u)φ'(v)] for (u, v) ~ N(0, [[v₁, c], [c, v₂]]).
 """
@@ -9,9 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .._kernel import Kernel
-from .._numerics import safe_arctan2, safe_sqrt
+from .._numerics import safe_arctan2, safe_divide, safe_sqrt
 from ._elementwise import Activation
 
 
@@ -126,3 +131,308 @@ def _named(layer, name: str):  # noqa: ANN001, ANN202
     """Gives a constructor-made layer the name users wrote (for reprs and errors)."""
     layer.display_name = name
     return layer
+
+
+# ---------------------------------------------------------------------- smooth: Gelu, Gabor
+
+
+class Gelu(Activation):
+    r"""``φ(x) = x Φ(x)`` with Φ the standard normal CDF (Tsuchida et al. 2020).
+
+    With P = (1 + v₁)(1 + v₂), δ = √(P − c²) (≥ 1, so never singular) and
+    θ = atan2(c, δ):
+
+        T = c/4 + [(c² + v₁v₂ δ²)/(P δ) + c θ] / (2π),
+        Ṫ = 1/4 + θ/(2π) + c/(2π δ) · [1/δ² + (1 − v₁v₂)/P + 1],
+
+    and at coincident points (c = v₁ = v₂ = v)
+
+        T = v/4 + v/π · [v/((1 + v)√(1 + 2v)) + atan2(v, √(1 + 2v))/2].
+
+    Args:
+        approximate: only for the finite-width ``apply_fn``: use the tanh approximation
+            ``x/2 (1 + tanh(√(2/π)(x + 0.044715 x³)))``. The kernel is always the exact one.
+    """
+
+    def __init__(self, approximate: bool = False) -> None:
+        self.approximate = bool(approximate)
+
+    def __repr__(self) -> str:
+        return f"Gelu(approximate={self.approximate})"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh" if self.approximate else "none")
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        prod, prod1 = var1 * var2, (1 + var1) * (1 + var2)
+        delta2 = prod1 - cov12**2
+        delta = safe_sqrt(delta2)
+        angle = torch.atan2(cov12, delta)
+        t = cov12 / 4 + ((cov12**2 + prod * delta2) / (prod1 * delta) + cov12 * angle) / (2 * math.pi)
+        tdot = None
+        if need_derivative:
+            bracket = 1 / delta2 + (1 - prod) / prod1 + 1
+            tdot = 0.25 + angle / (2 * math.pi) + cov12 / (2 * math.pi * delta) * bracket
+        return t, tdot
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        root = torch.sqrt(1 + 2 * var)
+        inner = var / ((1 + var) * root) + torch.atan2(var, root) / 2
+        return var * (0.25 + inner / math.pi)
+
+
+class Gabor(Activation):
+    r"""``φ(x) = exp(−x²) sin(x)``.
+
+    From E[e^{−zᵀz + iaᵀz}] = D^{−1/2} exp(−aᵀ(I + 2Σ)^{−1}Σ a / 2) with a = (1, ∓1), where
+    D = det(I + 2Σ) = 1 + 2s + 4Δ, s = v₁ + v₂, Δ = v₁v₂ − c², A = s + 4Δ:
+
+        T = D^{−1/2} e^{−A/(2D)} sinh(c/D),
+        Ṫ = D^{−5/2} e^{−A/(2D)} [4c(D + 1 + s) sinh(c/D) + (D + 8c²) cosh(c/D)],
+
+    and at coincident points T = (1 − e^{−2v/(1 + 4v)}) / (2√(1 + 4v)).
+    """
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-(x**2)) * torch.sin(x)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        s = var1 + var2
+        det4 = 4 * (var1 * var2 - cov12**2)
+        d = 1 + 2 * s + det4
+        envelope = torch.exp(-(s + det4) / (2 * d))
+        ratio = cov12 / d
+        t = envelope * torch.sinh(ratio) / torch.sqrt(d)
+        tdot = None
+        if need_derivative:
+            bracket = 4 * cov12 * (d + 1 + s) * torch.sinh(ratio) + (d + 8 * cov12**2) * torch.cosh(ratio)
+            tdot = envelope * bracket / d**2.5
+        return t, tdot
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        d = 1 + 4 * var
+        return -torch.expm1(-2 * var / d) / (2 * torch.sqrt(d))
+
+
+# ---------------------------------------------------------------------- Sin, Cos, Rbf
+
+
+class Sin(Activation):
+    r"""``φ(x) = a sin(b x + c)``.
+
+    Writing k for the covariance (c is the phase here), s = v₁ + v₂, and
+    S± = exp(−b²(s/2 ∓ k)):
+
+        T = a²/2 · (S₊ − S₋ cos 2c),     Ṫ = a²b²/2 · (S₊ + S₋ cos 2c),
+
+    and at coincident points T = a²/2 · (1 − e^{−2b²v} cos 2c).
+
+    Args:
+        a: output scale.
+        b: input scale.
+        c: input phase shift.
+    """
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
+        self.a, self.b, self.c = float(a), float(b), float(c)
+
+    def __repr__(self) -> str:
+        return getattr(self, "display_name", f"Sin(a={self.a}, b={self.b}, c={self.c})")
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * torch.sin(self.b * x + self.c)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b2, half_s = self.b**2, (var1 + var2) / 2
+        plus = torch.exp(b2 * (cov12 - half_s))
+        minus = torch.exp(-b2 * (cov12 + half_s)) * math.cos(2 * self.c)
+        t = self.a**2 / 2 * (plus - minus)
+        tdot = self.a**2 * b2 / 2 * (plus + minus) if need_derivative else None
+        return t, tdot
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return self.a**2 / 2 * (1 - torch.exp(-2 * self.b**2 * var) * math.cos(2 * self.c))
+
+
+def Cos(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Sin:
+    """``a cos(b x + c) = a sin(b x + c + π/2)``; see `Sin`."""
+    return _named(Sin(a=a, b=b, c=c + math.pi / 2), f"Cos(a={float(a)}, b={float(b)}, c={float(c)})")
+
+
+class Rbf(Activation):
+    r"""The dual activation of the RBF kernel: ``φ(x) = √2 sin(√(2γ) x + π/4)``.
+
+    This is `Sin` with a = √2, b = √(2γ), c = π/4 (cos 2c = 0), so
+
+        T = exp(−γ (v₁ + v₂ − 2c)) = exp(−γ E(u − v)²),     Ṫ = 2γ T,
+
+    the squared-exponential kernel exp(−γ‖x − x'‖²/d) of Dense-layer inputs, and T = 1
+    at coincident points.
+
+    Args:
+        gamma: inverse squared length scale, γ = 1/(2ℓ²).
+    """
+
+    def __init__(self, gamma: float = 1.0) -> None:
+        self.gamma = float(gamma)
+
+    def __repr__(self) -> str:
+        return f"Rbf(gamma={self.gamma})"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * x + math.pi / 4)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t = torch.exp(self.gamma * (2 * cov12 - var1 - var2))
+        return t, 2 * self.gamma * t if need_derivative else None
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(var)
+
+
+# ---------------------------------------------------------------------- Exp, Gaussian, ExpNormalized
+
+
+class Exp(Activation):
+    r"""``φ(x) = a exp(b x)`` (the log-normal moment generating function):
+
+        T = a² exp(b²(v₁ + v₂ + 2c)/2),     Ṫ = b² T,     T(diagonal) = a² exp(2b²v).
+
+    Args:
+        a: output scale.
+        b: input scale.
+    """
+
+    def __init__(self, a: float = 1, b: float = 1) -> None:
+        self.a, self.b = float(a), float(b)
+
+    def __repr__(self) -> str:
+        return f"Exp(a={self.a}, b={self.b})"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * torch.exp(self.b * x)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t = self.a**2 * torch.exp(self.b**2 * ((var1 + var2) / 2 + cov12))
+        return t, self.b**2 * t if need_derivative else None
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return self.a**2 * torch.exp(2 * self.b**2 * var)
+
+
+class Gaussian(Activation):
+    r"""``φ(x) = a exp(b x²)`` (a bump for b < 0).
+
+    With det = (1 − 2b v₁)(1 − 2b v₂) − 4b²c² (> 0 whenever b ≤ 0; for b > 0 the
+    expectation exists only while det > 0 and 1 − 4b v > 0, otherwise it is ∞):
+
+        T = a² / √det,     Ṫ = 4a²b² c / det^{3/2},     T(diagonal) = a² / √(1 − 4b v).
+
+    Args:
+        a: output scale.
+        b: coefficient of x² in the exponent.
+    """
+
+    def __init__(self, a: float = 1, b: float = -1) -> None:
+        self.a, self.b = float(a), float(b)
+
+    def __repr__(self) -> str:
+        return f"Gaussian(a={self.a}, b={self.b})"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * torch.exp(self.b * x**2)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        root = safe_sqrt((1 - 2 * self.b * var1) * (1 - 2 * self.b * var2) - 4 * self.b**2 * cov12**2)
+        t = self.a**2 / root
+        tdot = 4 * self.a**2 * self.b**2 * cov12 / root**3 if need_derivative else None
+        return t, tdot
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return self.a**2 / safe_sqrt(1 - 4 * self.b * var)
+
+
+class ExpNormalized(Activation):
+    r"""The "Gaussian normalized kernel" (Shankar et al. 2020, p. 6); kernel only.
+
+    Not an expectation of any φ: with q = √(v₁v₂) and ĉ = c / q (clipped to [−1, 1] if
+    ``do_clip``),
+
+        T = q exp(γ (ĉ + shift)),     Ṫ = ∂T/∂c = γ exp(γ (ĉ + shift)),
+
+    and T = v exp(γ (1 + shift)) at coincident points. Where a variance is 0, ĉ is taken
+    to be 0 (T = 0, Ṫ = γ e^{γ shift}, the limit neural-tangents reaches through a 1e-30
+    floor on q²).
+
+    Args:
+        gamma: coefficient in the exponent.
+        shift: added to the normalised covariance before exponentiating.
+        do_clip: clip the normalised covariance to [−1, 1] (guards against rounding).
+    """
+
+    def __init__(self, gamma: float = 1, shift: float = -1, do_clip: bool = False) -> None:
+        self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)
+
+    def __repr__(self) -> str:
+        return f"ExpNormalized(gamma={self.gamma}, shift={self.shift}, do_clip={self.do_clip})"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "ExpNormalized: this layer defines only an infinite-width kernel (it is not the "
+            "kernel of any elementwise function), so apply_fn is undefined; use kernel_fn."
+        )
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q = safe_sqrt(var1 * var2)
+        normalised = safe_divide(cov12, q)
+        if self.do_clip:
+            normalised = normalised.clamp(-1, 1)
+        exp = torch.exp(self.gamma * (normalised + self.shift))
+        return q * exp, self.gamma * exp if need_derivative else None
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return var * math.exp(self.gamma * (1 + self.shift))
+
+
+# ---------------------------------------------------------------------- Sign
+
+
+class Sign(Activation):
+    r"""``φ(x) = sign(x)``.
+
+    With θ = atan2(√(v₁v₂ − c²), c) (π/2 when c = v₁v₂ = 0):
+
+        T = 1 − 2θ/π,     Ṫ = 0,
+
+    so T = 1 at coincident points of non-zero variance and 0 where the variance is 0.
+    Ṫ is set to 0 as in neural-tangents: φ' = 2δ(x) is not a function, and the
+    gradient of sign is 0 almost everywhere, so the finite network's NTK is 0.
+    """
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sign(x)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        angle = safe_arctan2(safe_sqrt(var1 * var2 - cov12**2), cov12, fill_zero=math.pi / 2)
+        t = 1 - 2 / math.pi * angle
+        return t, torch.zeros_like(t) if need_derivative else None
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return (var != 0).to(var.dtype)
+

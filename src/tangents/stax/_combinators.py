@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._layer import KernelTree, Layer, Params, ShapeTree
+from ._layer import KernelTree, Layer, Params, ShapeTree, _tree_shapes
 from ._requirements import Requirements
 
 
@@ -161,6 +161,7 @@ class _Repeat(Layer):
         return x
 
     def propagate(self, k: KernelTree, **kwargs: Any) -> KernelTree:
+        self.output_shape(_tree_shapes(k, "shape1"))  # the repeated layer must keep the shape
         for _ in range(self.n):
             k = self.layer.transform(k, **kwargs)
         return k

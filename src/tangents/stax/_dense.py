@@ -133,7 +133,7 @@ class Dense(Layer):
     def output_shape(self, input_shape: ShapeTree) -> ShapeTree:
         if not isinstance(input_shape, tuple):
             raise ValueError(f"Dense: expects a single input, got a list of {len(input_shape)}.")
-        axis = self.channel_axis % len(input_shape)
+        axis = self._axis(len(input_shape))
         return input_shape[:axis] + (self._out_width(),) + input_shape[axis + 1 :]
 
     def init_params(self, generator, input_shape, dtype, device) -> Params:  # noqa: ANN001
@@ -172,6 +172,14 @@ class Dense(Layer):
                 out = out + b
         return out
 
+    def _axis(self, ndim: int) -> int:
+        if not -ndim <= self.channel_axis < ndim:
+            raise ValueError(
+                f"Dense: channel_axis={self.channel_axis} is out of range for {ndim}-dimensional "
+                f"inputs; use an axis in [-{ndim}, {ndim}), e.g. the default -1."
+            )
+        return self.channel_axis % ndim
+
     def propagate(self, k: Kernel, **kwargs: Any) -> Kernel:
-        fan_in = k.shape1[self.channel_axis] / self.s[0]
+        fan_in = k.shape1[self._axis(len(k.shape1))] / self.s[0]
         return affine_kernel(k, self.W_std, self.b_std, self.parameterization, fan_in)

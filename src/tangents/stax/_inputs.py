@@ -33,6 +33,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
         )
     if x.dtype not in _FLOAT_DTYPES:
         kind = "complex" if x.is_complex() else ("integer" if not x.is_floating_point() else "low-precision")
+        kind = "boolean" if x.dtype == torch.bool else kind
         raise TypeError(
             f"kernel_fn: {name} must be float32 or float64, got {kind} dtype {x.dtype}; "
             f"convert it first, e.g. {name}.double()."
