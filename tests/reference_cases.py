@@ -42,6 +42,10 @@ def build(spec: dict[str, Any]) -> stax.Layer:
     for key in ("s", "filter_shape", "strides", "window_shape", "shape"):
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
+    if kind in ("Conv", "ConvTranspose", "ConvLocal") and args.get("dimension_numbers") is None:
+        # NT's dimension_numbers=None is channels-last; tangents' None is channels-first.
+        spatial = "HWD"[: len(args["filter_shape"])]
+        args["dimension_numbers"] = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
     return getattr(stax, kind)(**args)
 
 

@@ -33,3 +33,39 @@ from ._activations import Erf as Erf
 from ._activations import LeakyRelu as LeakyRelu
 from ._activations import Relu as Relu
 from ._activations import Sigmoid_like as Sigmoid_like
+from ._activations import Cos as Cos
+from ._activations import Exp as Exp
+from ._activations import ExpNormalized as ExpNormalized
+from ._activations import Gabor as Gabor
+from ._activations import Gaussian as Gaussian
+from ._activations import Gelu as Gelu
+from ._activations import Rbf as Rbf
+from ._activations import Sign as Sign
+from ._activations import Sin as Sin
+from ._polynomials import Hermite as Hermite
+from ._polynomials import Monomial as Monomial
+from ._polynomials import Polynomial as Polynomial
+from ._polynomials import RectifiedMonomial as RectifiedMonomial
+
+# User-defined and numerical nonlinearities
+from ._custom import Elementwise as Elementwise
+from ._custom import ElementwiseNumerical as ElementwiseNumerical
+from ._custom import Elu as Elu
+from ._custom import SiLU as SiLU
+from ._custom import Sigmoid as Sigmoid
+from ._custom import Softplus as Softplus
+from ._custom import Tanh as Tanh
+
+# Normalization and dropout
+from ._dropout import Dropout as Dropout
+from ._normalization import LayerNorm as LayerNorm
+
+# Convolutions and pooling
+from ._conv import Conv as Conv
+from ._conv import ConvLocal as ConvLocal
+from ._conv import ConvTranspose as ConvTranspose
+from ._pooling import AvgPool as AvgPool
+from ._pooling import Flatten as Flatten
+from ._pooling import GlobalAvgPool as GlobalAvgPool
+from ._pooling import GlobalSumPool as GlobalSumPool
+from ._pooling import SumPool as SumPool

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .._kernel import Kernel
 from .._numerics import safe_arctan2, safe_divide, safe_sqrt
+from ._checks import check_number
 from ._elementwise import Activation
 
 
@@ -36,7 +37,8 @@ class ABRelu(Activation):
     """
 
     def __init__(self, a: float, b: float, do_stabilize: bool = False) -> None:
-        self.a, self.b, self.do_stabilize = float(a), float(b), bool(do_stabilize)
+        self.a, self.b = check_number("ABRelu", "a", a), check_number("ABRelu", "b", b)
+        self.do_stabilize = bool(do_stabilize)
 
     def __repr__(self) -> str:
         return f"ABRelu(a={self.a}, b={self.b})"
@@ -99,7 +101,7 @@ class Erf(Activation):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (check_number(type(self).__name__, n, v) for n, v in (("a", a), ("b", b), ("c", c)))
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
@@ -238,7 +240,7 @@ class Sin(Activation):
     """
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = float(a), float(b), float(c)
+        self.a, self.b, self.c = (check_number(type(self).__name__, n, v) for n, v in (("a", a), ("b", b), ("c", c)))
 
     def __repr__(self) -> str:
         return getattr(self, "display_name", f"Sin(a={self.a}, b={self.b}, c={self.c})")
@@ -280,7 +282,7 @@ class Rbf(Activation):
     """
 
     def __init__(self, gamma: float = 1.0) -> None:
-        self.gamma = float(gamma)
+        self.gamma = check_number("Rbf", "gamma", gamma, minimum=0.0)
 
     def __repr__(self) -> str:
         return f"Rbf(gamma={self.gamma})"
@@ -312,7 +314,7 @@ class Exp(Activation):
     """
 
     def __init__(self, a: float = 1, b: float = 1) -> None:
-        self.a, self.b = float(a), float(b)
+        self.a, self.b = check_number(type(self).__name__, "a", a), check_number(type(self).__name__, "b", b)
 
     def __repr__(self) -> str:
         return f"Exp(a={self.a}, b={self.b})"
@@ -344,7 +346,7 @@ class Gaussian(Activation):
     """
 
     def __init__(self, a: float = 1, b: float = -1) -> None:
-        self.a, self.b = float(a), float(b)
+        self.a, self.b = check_number(type(self).__name__, "a", a), check_number(type(self).__name__, "b", b)
 
     def __repr__(self) -> str:
         return f"Gaussian(a={self.a}, b={self.b})"

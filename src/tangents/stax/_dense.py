@@ -8,24 +8,9 @@ from typing import Any
 import torch
 
 from .._kernel import Kernel
+from ._checks import check_parameterization, check_std
 from ._layer import Layer, Params, ShapeTree
 from ._requirements import Diagonal, Requirements
-
-
-def check_parameterization(layer: str, parameterization: str) -> str:
-    """Lower-cases and validates a parameterization name."""
-    if not isinstance(parameterization, str) or parameterization.lower() not in ("ntk", "standard"):
-        raise ValueError(f"{layer}: parameterization must be 'ntk' or 'standard', got {parameterization!r}.")
-    return parameterization.lower()
-
-
-def check_std(layer: str, name: str, value: Any, allow_none: bool) -> float | None:
-    """Validates a weight or bias standard deviation."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{layer}: {name} must be a finite number{' or None' if allow_none else ''}, got {value!r}.")
-    return float(value)
 
 
 def affine(cov: torch.Tensor | None, W_std: float, b_std: float | None) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._kernel import KERNEL_FIELDS, Kernel
+from ..batching import available_memory, tiled
 from ._inputs import as_input_tensors, inputs_to_kernel
 from ._requirements import Requirements
 
@@ -172,21 +173,27 @@ class Layer:
         x1, x2 = as_input_tensors(x1_or_kernel, x2)
         batch, spatial, batch_axis, channel_axis = self.requirements.resolve(diagonal_batch, diagonal_spatial)
         compute_ntk = names is None or "ntk" in names
-        k = _tree_map2(
-            lambda a, b: inputs_to_kernel(
+
+        def kernel_of_inputs(a: Any, b: Any, tile_get: Get = None, **tile_kwargs: Any) -> Any:
+            k = _tree_map2(
+                lambda xa, xb: inputs_to_kernel(
+                    xa,
+                    xb,
+                    diagonal_batch=batch,
+                    diagonal_spatial=spatial,
+                    compute_ntk=compute_ntk,
+                    batch_axis=batch_axis,
+                    channel_axis=channel_axis,
+                ),
                 a,
                 b,
-                diagonal_batch=batch,
-                diagonal_spatial=spatial,
-                compute_ntk=compute_ntk,
-                batch_axis=batch_axis,
-                channel_axis=channel_axis,
-            ),
-            x1,
-            x2,
-        )
-        out = self.transform(k, **kwargs)
-        return _select(out, get)
+            )
+            return _select(self.transform(k, **tile_kwargs), tile_get)
+
+        tile = _auto_tile_size(x1, x2, batch, spatial, batch_axis, channel_axis)
+        if tile is None:
+            return kernel_of_inputs(x1, x2, get, **kwargs)
+        return tiled(kernel_of_inputs, x1, x2, get, tile, True, None, kwargs, analytic=True)
 
     def to_module(
         self,
@@ -256,6 +263,41 @@ def _children_for_params(layer: Layer) -> Sequence[Layer]:
 
 # ---------------------------------------------------------------------- helpers
 
+#: Pairs per tile when a kernel is computed tile by tile: 256 x 256 float64 entries keep a
+#: tile's intermediates in cache, which makes the elementwise recursion several times faster.
+_CACHE_TILE = 256
+#: Tensors of one tile's size alive at once (inputs, outputs and temporaries), for sizing.
+_LIVE_TENSORS = 24
+
+
+def _auto_tile_size(
+    x1: Any, x2: Any, diagonal_batch: bool, diagonal_spatial: bool, batch_axis: int, channel_axis: int | None
+) -> int | None:
+    """Tile size for computing a kernel in tiles, or ``None`` to compute it at once.
+
+    Large kernels are tiled for speed (cache-sized tiles) and, when one tile's
+    intermediates per pair of inputs are large (spatial covariances), so that the peak
+    memory stays within a quarter of what is free.
+    """
+    if isinstance(x1, (list, tuple)) or not diagonal_batch:
+        return None
+    n1 = x1.shape[batch_axis]
+    n2 = n1 if x2 is None else x2.shape[batch_axis]
+    spatial = [d for i, d in enumerate(x1.shape) if i not in (batch_axis % x1.ndim, (channel_axis or -1) % x1.ndim)]
+    per_pair = 1
+    for d in spatial:
+        per_pair *= d if diagonal_spatial else d * d
+    pair_bytes = per_pair * x1.element_size() * _LIVE_TENSORS
+    budget = available_memory(x1.device) // 4
+    if per_pair == 1:
+        tile = _CACHE_TILE
+    else:
+        tile = max(1, int((budget / pair_bytes) ** 0.5))
+    if n1 * n2 <= 2 * tile * tile:
+        return None
+    return tile
+
+
 
 def _as_generator(rng: RngLike, device: torch.device | str | None) -> torch.Generator | None:
     if rng is None or isinstance(rng, torch.Generator):
@@ -305,6 +347,10 @@ def _tree_set_shapes(k: KernelTree, shape1: ShapeTree, shape2: ShapeTree) -> Ker
 def _check_get(get: Get) -> tuple[str, ...] | None:
     if get is None:
         return None
+    if not isinstance(get, (str, list, tuple)):
+        raise TypeError(
+            f"kernel_fn: get must be None, a name such as 'ntk' or a tuple of names, got {type(get).__name__}."
+        )
     names = (get,) if isinstance(get, str) else tuple(get)
     if not names:
         raise ValueError("kernel_fn: get must be None, a name or a non-empty tuple of names, got ().")

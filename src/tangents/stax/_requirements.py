@@ -100,6 +100,9 @@ class Requirements:
         Raises:
             ValueError: if the user asks for a diagonal layout the network cannot use.
         """
+        for name, value in (("diagonal_batch", diagonal_batch), ("diagonal_spatial", diagonal_spatial)):
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"kernel_fn: {name} must be None, True or False, got {value!r}.")
         needed_batch = True if self.diagonal_batch is None else self.diagonal_batch
         needed_spatial = Diagonal() if self.diagonal_spatial is None else self.diagonal_spatial
         if diagonal_batch is True and not needed_batch:

@@ -1,0 +1,5 @@
+"""``python -m tangents``: the same as the ``tangents`` command (see `tangents.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Cost and memory model: AUTO's choice of implementation, chunk sizes, and the early error.
+
+One forward pass on one example (the whole batch without ``vmap_axes``) under a counting
+``TorchFunctionMode`` measures, per example: ``A`` the floats of all intermediate tensors,
+``F`` the forward FLOPs of linear / matmul / convolution calls, and for every linear-ish
+parameter use its tokens ``T``, fan-in and fan-out. With ``P`` parameters, ``|S|`` outputs
+per example and ``σ`` the output-pair factor left after tracing (``|S|²`` untraced,
+``|S|`` traced), a block of ``n1 × n2`` examples costs about
+
+    JACOBIAN_CONTRACTION    FLOPs 3F|S|(n1+n2) + n1 n2 σ P       memory (n1+n2)|S|P + n|S|A
+    NTK_VECTOR_PRODUCTS     FLOPs 3F|S| n2 + 3F|S| n1 n2          memory n2|S|P + n1 n2|S|A
+    STRUCTURED_DERIVATIVES  FLOPs 3F|S|(n1+n2) + n1 n2 σ Σ_uses min(T²(out+in), out·in)
+                            memory (n1+n2)|S|A + n1 n2 σ max T²
+
+plus the ``n1 n2 σ`` kernel itself (floats; times the dtype size for bytes). These are
+estimates (within a small factor), used to rank implementations and to refuse or tile a
+computation before it starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from ._axes import OutputSpec
+from ._function import Problem
+
+_LINEAR = {F.linear, torch._C._nn.linear}
+_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch._C.TensorBase.matmul, torch.mm, torch.bmm}
+_CONV = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
+
+
+@dataclass
+class Profile:
+    """Per-example sizes measured by one forward pass (see module docstring)."""
+
+    activations: int = 0
+    flops: int = 0
+    uses: list[tuple[int, int, int]] = field(default_factory=list)  # (T, fan_in, fan_out)
+
+
+class _Counter(TorchFunctionMode):
+    def __init__(self, ids: set[int]) -> None:
+        super().__init__()
+        self.ids = ids
+        self.profile = Profile()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+            return out
+        prof = self.profile
+        prof.activations += out.numel()
+        w = args[1] if len(args) > 1 else kwargs.get("weight", kwargs.get("other"))
+        if isinstance(w, torch.Tensor) and w.ndim >= 1:
+            if func in _LINEAR or func in _MATMUL:
+                fan_in = w.shape[-1] if func in _LINEAR else w.shape[-2] if w.ndim >= 2 else w.shape[0]
+                fan_out = out.shape[-1] if out.ndim else 1
+                prof.flops += 2 * out.numel() * fan_in
+                if id(w) in self.ids:
+                    prof.uses.append((max(out.numel() // max(fan_out, 1), 1), fan_in, fan_out))
+            elif func in _CONV:
+                fan_in = math.prod(w.shape[1:])
+                prof.flops += 2 * out.numel() * fan_in
+                if id(w) in self.ids:
+                    prof.uses.append((max(out.numel() // w.shape[0], 1), fan_in, w.shape[0]))
+        return out
+
+
+def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any], n: int) -> Profile:
+    """Per-example activation floats, forward FLOPs and linear-ish uses (one forward pass)."""
+    counter = _Counter({id(t) for t in tensors})
+    with torch.no_grad(), counter:
+        if problem.independent:
+            xs, ks = problem.slice(xb, kw, 0, 1)
+            problem.per_batch(tensors, xs, ks)
+        else:
+            problem.per_batch(tensors, xb, kw)
+    return counter.profile
+
+
+_AVAILABLE: dict[str, tuple[float, int]] = {}
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes available on ``device`` (CUDA: free memory; CPU: ``MemAvailable``), re-read at
+    most once a second."""
+    now = time.monotonic()
+    cached = _AVAILABLE.get(str(device))
+    if cached is not None and now - cached[0] < 1.0:
+        return cached[1]
+    value = _read_available(device)
+    _AVAILABLE[str(device)] = (now, value)
+    return value
+
+
+def _read_available(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 1 << 40
+
+
+def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: int, n2: int, dependent_n: int = 1
+          ) -> tuple[float, float]:
+    """``(FLOPs, floats of memory)`` of implementation ``impl`` on an ``n1 × n2`` block."""
+    s = _outputs(specs)
+    sigma = _sigma(specs)
+    a, f_, p = prof.activations, prof.flops, n_params
+    kernel = n1 * n2 * sigma
+    if impl == 1:
+        flops = 3 * f_ * s * (n1 + n2) + n1 * n2 * sigma * p
+        mem = (n1 + n2) * s * p + max(n1, n2) * s * a + kernel
+    elif impl == 2:
+        flops = 3 * f_ * s * n2 + 3 * f_ * s * n1 * n2
+        mem = n2 * s * p + n1 * n2 * s * a + n1 * n2 * s * s
+    else:
+        lin = sum(min(t * t * (o + i), o * i) for t, i, o in prof.uses)
+        other = max(p - sum(i * o for _, i, o in prof.uses), 0)
+        flops = 3 * f_ * s * (n1 + n2) + n1 * n2 * sigma * (lin + other)
+        # each use is contracted in turn, structured (pairs of tokens) or via its Jacobian
+        per_use = max((min(n1 * n2 * sigma * t * t, (n1 + n2) * s * o * i) for t, i, o in prof.uses), default=0)
+        mem = (n1 + n2) * s * a + per_use + (n1 + n2) * s * other + kernel
+    return float(flops), float(mem)
+
+
+def _outputs(specs: list[OutputSpec]) -> int:
+    return max(1, sum(sp.per_example_size for sp in specs))
+
+
+def _sigma(specs: list[OutputSpec]) -> int:
+    return max(1, sum(sp.pair_factor for sp in specs))
+
+
+class MemoryPlanner:
+    """Resolves AUTO and the chunk size for one call, and refuses what cannot fit."""
+
+    def __init__(self, implementation: Any, memory_limit: int | None, cache: dict | None = None) -> None:
+        self.implementation = int(implementation)
+        self.cache = cache
+        self.memory_limit = memory_limit
+        self.chosen: int | None = None
+        self.estimate: tuple[float, float] | None = None
+
+    def impl_fn(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
+        from ..empirical import _impl_fn
+
+        impl = self.chosen or self.implementation or 1
+        if impl == 3:
+            kwargs["cache"] = self.cache
+        return _impl_fn(impl)(*args, **kwargs)
+
+    def plan(self, problem: Problem, tensors: tuple[torch.Tensor, ...], x1b: Any, kw1: dict[str, Any],
+             n1: int, n2: int, specs: list[OutputSpec], chunk_size: int | None) -> int | None:
+        itemsize = tensors[0].element_size()
+        limit = self.memory_limit
+        if limit is None:
+            limit = int(0.8 * available_memory(tensors[0].device))
+        prof = profile(problem, tensors, x1b, kw1, n1)
+        n_params = sum(t.numel() for t in tensors)
+        candidates = [self.implementation] if self.implementation else [1, 2, 3]
+
+        def fits(impl: int, c1: int, c2: int) -> tuple[bool, float, float]:
+            flops, mem = costs(impl, prof, n_params, specs, c1, c2)
+            return mem * itemsize <= limit, flops, mem * itemsize
+
+        if not problem.independent or chunk_size is not None:
+            c1 = n1 if not problem.independent or chunk_size is None else min(chunk_size, n1)
+            c2 = n2 if not problem.independent or chunk_size is None else min(chunk_size, n2)
+            results = {i: fits(i, c1, c2) for i in candidates}
+            ok = {i: r for i, r in results.items() if r[0]}
+            if not ok:
+                i, (_, _, need) = min(results.items(), key=lambda kv: kv[1][2])
+                fix = ("pass a smaller chunk_size" if chunk_size is not None else
+                       "pass vmap_axes=0 (if f treats examples independently) and a chunk_size")
+                raise MemoryError(
+                    f"empirical_ntk_fn: the NTK of {n1} x {n2} examples is estimated to need "
+                    f"{need / 2**30:.2f} GiB (implementation {i}), more than the {limit / 2**30:.2f} GiB "
+                    f"available (memory_limit); {fix}, or use fewer examples per call."
+                )
+            self.chosen = min(ok, key=lambda i: ok[i][1])
+            self.estimate = (ok[self.chosen][1], ok[self.chosen][2])
+            return chunk_size
+        best = None  # (flops, impl, chunk)
+        for impl in candidates:
+            c = max(n1, n2)
+            while c >= 1:
+                good, flops, mem = fits(impl, min(c, n1), min(c, n2))
+                if good:
+                    total = flops * math.ceil(n1 / c) * math.ceil(n2 / c)
+                    if best is None or total < best[0]:
+                        best = (total, impl, c, mem)
+                    break
+                c //= 2
+        if best is None:
+            raise MemoryError(
+                f"empirical_ntk_fn: even one example per block is estimated not to fit in "
+                f"{limit / 2**30:.2f} GiB (memory_limit); trace more output axes (trace_axes), "
+                "differentiate fewer parameters, or raise memory_limit."
+            )
+        _, self.chosen, c, mem = best
+        self.estimate = (best[0], mem)
+        return None if c >= max(n1, n2) else c
+
+

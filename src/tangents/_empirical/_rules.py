@@ -1,0 +1,186 @@
+"""Structure rules: the NTK contribution of a parameter from ``G = ∂f/∂y`` and the layer input.
+
+For a linear use ``y[t] = W x[t]`` (``t`` runs over tokens / pixels / the size-1 batch of
+one example), ``∂f/∂W = Σ_t G[t] ⊗ x[t]``, so the contribution of ``W`` is
+
+    Θ_W(a, b) = Σ_{t, t'} (G_a[t] · G_b[t']) (x_a[t] · x_b[t'])          (structured)
+
+costing ``T² (out + in)`` per pair of examples (times the output pairs) instead of
+``out × in`` for contracting explicit Jacobians; with one token (an MLP) this is the
+product of two small Gram matrices. A convolution is the same after ``unfold`` (tokens =
+output pixels, inputs = patches). Each rule returns either the structured contraction or,
+when that would cost more (many tokens), the per-example Jacobian ``Σ_t G[t] ⊗ x[t]``; any
+other use (an elementwise scale, a norm's affine weight, attention projections inside one
+fused call, ...) gets its Jacobian from a reverse-mode product through that one call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.func import vjp, vmap
+
+from ._axes import PAIR, TRACE, OutputSpec
+from ._recorder import Use
+
+_LINEAR = {F.linear, torch._C._nn.linear}
+_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch._C.TensorBase.matmul}
+_CONV2D = {F.conv2d, torch.conv2d}
+
+
+@dataclass
+class Linearish:
+    """A use linear in the parameter with token structure: ``x`` → ``X (E, T, in)`` and
+    ``G`` → ``(E, *S, T, out)``; ``role`` says how the Jacobian is laid out as the parameter."""
+
+    role: str  # "weight" / "bias" (F.linear), "weight_t" (x @ W), "conv_weight" / "conv_bias"
+
+
+def classify(use: Use, p: int) -> Linearish | None:
+    """The structured rule for parameter ``p`` in ``use``, or None (generic fallback)."""
+    if len(use.params) != len(set(use.params.values())):
+        return None
+    if len(use.inputs) != 1 or isinstance(use.arg(0, "input"), tuple):
+        return None  # the input is a parameter itself, or there are several tensor inputs
+    if use.func in _LINEAR:
+        if len(use.arg_shapes) > 1 and use.arg_shapes[1] is not None and len(use.arg_shapes[1]) != 2:
+            return None  # a 1-D weight
+        if use.arg(1, "weight") == ("param", p):
+            return Linearish("weight")
+        if use.arg(2, "bias") == ("param", p):
+            return Linearish("bias")
+    elif (use.func in _MATMUL and use.arg(1, "other") == ("param", p) and len(use.params) == 1
+          and len(use.arg_shapes) > 1 and use.arg_shapes[1] is not None and len(use.arg_shapes[1]) == 2):
+        return Linearish("weight_t")
+    elif use.func in _CONV2D:
+        groups = use.arg(6, "groups") or 1
+        if groups != 1 or _conv_padding(use) is None:
+            return None
+        if use.arg(1, "weight") == ("param", p):
+            return Linearish("conv_weight")
+        if use.arg(2, "bias") == ("param", p):
+            return Linearish("conv_bias")
+    return None
+
+
+def _conv_padding(use: Use) -> int | tuple[int, ...] | None:
+    """conv2d's padding as ints for ``unfold``; None if it is asymmetric (``"same"`` with an
+    even receptive field)."""
+    padding = use.arg(4, "padding")
+    if padding is None or padding == "valid":
+        return 0
+    if padding != "same":
+        return padding
+    dilation = use.arg(5, "dilation") or 1
+    dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+    if len(use.arg_shapes) < 2 or use.arg_shapes[1] is None:
+        return None
+    kernel = use.arg_shapes[1][2:]
+    total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    if any(t % 2 for t in total):
+        return None
+    return tuple(t // 2 for t in total)
+
+
+def tokens(use: Use, rule: Linearish, p_shape: torch.Size, g: torch.Tensor, inputs: list[torch.Tensor], n_lead: int
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(G (E, *S, T, out), X (E, T, in) or None for a bias)`` for a linear-ish use.
+
+    ``g`` is ``(E, *S, *y)`` (``n_lead = 1 + len(S)`` leading axes); ``inputs`` the recorded
+    per-example inputs with a leading ``E``.
+    """
+    lead = g.shape[:n_lead]
+    x = inputs[0] if inputs else None
+    if rule.role in ("conv_weight", "conv_bias"):
+        # y: (E, *S, [b,] C_out, H', W') -> (E, *S, T = b·H'·W', C_out)
+        y_nd = g.ndim - n_lead
+        gg = g if y_nd == 4 else g.unsqueeze(n_lead)
+        gg = gg.flatten(n_lead + 2).movedim(n_lead + 1, -1)  # (E, *S, b, L, C_out)
+        gg = gg.flatten(n_lead, n_lead + 1)
+        if rule.role == "conv_bias":
+            return gg, None
+        stride, padding = use.arg(3, "stride"), _conv_padding(use)
+        dilation = use.arg(5, "dilation")
+        xs = x if x.ndim == 5 else x.unsqueeze(1)  # (E, b, C_in, H, W)
+        e, b = xs.shape[:2]
+        patches = F.unfold(xs.flatten(0, 1), p_shape[2:], dilation=dilation or 1, padding=padding,
+                           stride=stride or 1)  # (E·b, C_in·kh·kw, L)
+        patches = patches.transpose(1, 2).reshape(e, -1, patches.shape[1])  # (E, T, C_in·kh·kw)
+        return gg, patches
+    out = p_shape[0] if rule.role in ("weight", "bias") else p_shape[1]
+    gg = g.reshape(*lead, -1, out)
+    if rule.role == "bias":
+        return gg, None
+    return gg, x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def jacobian_of(rule: Linearish, p_shape: torch.Size, gg: torch.Tensor, xx: torch.Tensor | None) -> torch.Tensor:
+    """The per-example Jacobian ``Σ_t G[t] ⊗ x[t]`` laid out like the parameter: ``(E, *S, *p)``."""
+    if xx is None:
+        return gg.sum(-2).reshape(*gg.shape[:-2], *p_shape)
+    j = _outer_sum(gg, xx)
+    if rule.role == "weight_t":
+        j = j.transpose(-1, -2)
+    return j.reshape(*gg.shape[:-2], *p_shape)
+
+
+def _outer_sum(gg: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+    n = gg.ndim
+    lead = list(range(n - 2))
+    t, o, i = n - 2, n, n + 1
+    return torch.einsum(gg, lead + [t, o], xx, [0, t, i], lead + [o, i])
+
+
+def structured(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """``Σ_{t,t'} (G1[t]·G2[t']) (x1[t]·x2[t'])`` in the canonical zipped layout (unscaled)."""
+    lab1, lab2, out, nxt = spec.labels()
+    t1, t2, o, i = nxt, nxt + 1, nxt + 2, nxt + 3
+    e1, e2 = lab1[0], lab2[0]
+    keep = out + ([e1] if spec.kinds[0] == TRACE else [])
+    gg = torch.einsum(g1, lab1 + [t1, o], g2, lab2 + [t2, o], keep + [t1, t2])
+    ee = [e1, e2] if e1 != e2 else [e1]
+    xx = torch.einsum(x1, [e1, t1, i], x2, [e2, t2, i], ee + [t1, t2])
+    return torch.einsum(gg, keep + [t1, t2], xx, ee + [t1, t2], out)
+
+
+def structured_is_cheaper(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor) -> bool:
+    """FLOP estimate of :func:`structured` against building and contracting Jacobians."""
+    e1, t1, n_in = x1.shape
+    e2, t2 = x2.shape[:2]
+    n_out = g1.shape[-1]
+    s_sizes = g1.shape[1:-2]
+    pair = math.prod(s * s if k == PAIR else s for k, s in zip(spec.kinds[1:], s_sizes))
+    s_all = math.prod(s_sizes)
+    structured_cost = e1 * e2 * t1 * t2 * (pair * n_out + n_in + pair)
+    jacobian_cost = (e1 * t1 + e2 * t2) * s_all * n_out * n_in + e1 * e2 * pair * n_out * n_in
+    return structured_cost <= jacobian_cost
+
+
+def generic_jacobian(use: Use, p: int, tensors: tuple[torch.Tensor, ...], g: torch.Tensor,
+                     inputs: list[torch.Tensor], n_lead: int, independent: bool) -> torch.Tensor:
+    """``(∂y/∂p)ᵀ G`` for every example and output entry, through the single call ``use``.
+
+    Returns ``(E, *S, *p.shape)``.
+    """
+    lead = g.shape[:n_lead]
+    gf = g.reshape(lead[0], -1, *g.shape[n_lead:])  # (E, |S|, *y)
+
+    def per_example(g_e: torch.Tensor, inputs_e: list[torch.Tensor]) -> torch.Tensor:
+        def op(pt: torch.Tensor) -> torch.Tensor:
+            full = list(tensors)
+            full[p] = pt
+            return use.call(tuple(full), inputs_e)
+
+        _, pull = vjp(op, tensors[p])
+        return vmap(lambda c: pull(c)[0])(g_e)
+
+    if not use.inputs:  # a parameter-only call (b_std * b, W.t(), ...): the same for every example
+        j = per_example(gf.reshape(-1, *g.shape[n_lead:]), [])
+    elif independent:
+        j = vmap(per_example)(gf, inputs)
+    else:
+        j = per_example(gf[0], [t[0] for t in inputs]).unsqueeze(0)
+    return j.reshape(*lead, *tensors[p].shape)

@@ -1,0 +1,1 @@
+"""Private implementation of `tangents.predict` (one idea per module)."""

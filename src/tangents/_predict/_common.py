@@ -1,0 +1,321 @@
+"""Shared machinery of the predictors: input conversion, axis layouts, factorizations.
+
+Every predictor works on *flattened* kernels. A kernel over outputs of shape ``y.shape``
+with the ``trace_axes`` of ``y`` absent has the interleaved layout
+``(d0, d0', d1, d1', ...)`` over the non-trace axes of ``y`` (neural-tangents' layout); it
+is flattened to a matrix ``(prod d, prod d')`` and ``y`` to ``(prod d, prod trace_shape)``.
+All linear algebra runs in float64 on the inputs' device; results are cast back.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[torch.Tensor, np.ndarray, float, int]
+Axes = Union[int, Sequence[int]]
+Get = Union[None, str, Sequence[str]]
+
+#: Working precision of every solve and eigendecomposition.
+WORK_DTYPE = torch.float64
+
+
+class Gaussian(NamedTuple):
+    """A ``(mean, covariance)`` named tuple (neural-tangents' ``predict.Gaussian``).
+
+    Attributes:
+        mean: mean, shaped like the function outputs, e.g. ``(N_test, C)``.
+        covariance: covariance, shaped like the respective NNGP/NTK kernel, e.g.
+            ``(N_test, N_test)`` (with a leading time axis when ``t`` is an array).
+    """
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+
+
+# ---------------------------------------------------------------------- inputs
+
+
+def as_tensor(x: Any, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """A torch tensor from a tensor, numpy array or number (no copy when possible)."""
+    if isinstance(x, torch.Tensor):
+        t = x if device is None else x.to(device)
+    elif isinstance(x, (np.ndarray, np.generic, float, int)) and not isinstance(x, bool):
+        t = torch.as_tensor(np.asarray(x), device=device)
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a number, got {type(x).__name__}.")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}.")
+    return t
+
+
+def output_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype results are returned in: the widest floating dtype among the inputs."""
+    dtypes = [t.dtype for t in tensors if t is not None and t.is_floating_point()]
+    if not dtypes:
+        return torch.get_default_dtype()
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    return out
+
+
+def work(x: torch.Tensor, dtype: torch.dtype = WORK_DTYPE) -> torch.Tensor:
+    """``x`` in the working precision (float64 unless ``solve_dtype`` says otherwise)."""
+    return x.to(dtype)
+
+
+def check_solve_dtype(solve_dtype: Any, where: str) -> torch.dtype:
+    if solve_dtype not in (torch.float64, torch.float32):
+        raise ValueError(
+            f"{where}: solve_dtype must be torch.float64 (the default) or torch.float32, got {solve_dtype!r}."
+        )
+    return solve_dtype
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite entries; check the kernel computation.")
+
+
+def canonical_axes(axes: Axes, ndim: int, name: str = "trace_axes") -> tuple[int, ...]:
+    """Sorted non-negative axes (neural-tangents' ``canonicalize_axis``)."""
+    axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+    out = []
+    for a in axes:
+        if not -ndim <= int(a) < ndim:
+            raise ValueError(f"{name}={axes} is out of range for y_train with {ndim} dimensions.")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}={axes} repeats an axis.")
+    return tuple(sorted(out))
+
+
+class Layout:
+    """How the axes of ``y_train`` map to the kernel's (``trace_axes`` block-diagonal).
+
+    Attributes:
+        trace: the trace axes of ``y``, non-negative, sorted.
+        trace_neg: the same axes counted from the end (NT places them there in outputs).
+        trace_shape: ``y.shape`` on the trace axes; ``m = prod(trace_shape)``.
+        non_trace_shape: ``y.shape`` on the other axes (the kernel's paired axes).
+    """
+
+    def __init__(self, y_shape: Sequence[int], trace_axes: Axes) -> None:
+        ndim = len(y_shape)
+        self.ndim = ndim
+        self.trace = canonical_axes(trace_axes, ndim)
+        self.trace_neg = tuple(a - ndim for a in self.trace)
+        self.non_trace = tuple(a for a in range(ndim) if a not in self.trace)
+        self.trace_shape = tuple(y_shape[a] for a in self.trace)
+        self.non_trace_shape = tuple(y_shape[a] for a in self.non_trace)
+        self.m = math.prod(self.trace_shape)
+        self.n = math.prod(self.non_trace_shape)
+
+    def check_kernel(self, k: torch.Tensor, name: str, rows: Sequence[int] | None = None) -> None:
+        """Checks that ``k`` pairs ``rows`` (default: the train axes) with the train axes."""
+        want_cols = self.non_trace_shape
+        ok = k.ndim == 2 * len(want_cols) and tuple(k.shape[1::2]) == want_cols
+        if ok and rows is not None:
+            ok = tuple(k.shape[0::2]) == tuple(rows)
+        if not ok:
+            pairs = ", ".join(f"{'*' if rows is None else r}, {d}" for r, d in zip(rows or want_cols, want_cols))
+            raise ValueError(
+                f"{name} has shape {tuple(k.shape)}, but y_train has shape "
+                f"{self.non_trace_shape + self.trace_shape} with trace_axes={self.trace}: the kernel "
+                f"must have the interleaved shape ({pairs}) over the non-trace axes of y_train"
+                f"{' (* = any number of test points)' if rows is None else ''}. "
+                f"Pass the kernel computed for these outputs, or change trace_axes."
+            )
+
+    def flatten(self, y: torch.Tensor) -> torch.Tensor:
+        """``y`` of shape ``y_train.shape`` → ``(n, m)``, trace axes last."""
+        y = torch.movedim(y, self.trace, tuple(range(self.ndim - len(self.trace), self.ndim)))
+        return y.reshape(-1, self.m)
+
+    def unflatten(self, flat: torch.Tensor, rows_shape: Sequence[int], lead: Sequence[int] = ()) -> torch.Tensor:
+        """``(*lead, n_rows, m)`` → ``(*lead, *outputs)`` with the trace axes put back."""
+        out = flat.reshape(tuple(lead) + tuple(rows_shape) + self.trace_shape)
+        k = len(self.trace)
+        return torch.movedim(out, tuple(range(-k, 0)), self.trace_neg)
+
+    def rows_shape(self, k: torch.Tensor) -> tuple[int, ...]:
+        """The test shape (non-trace) of a test-train kernel: its even axes."""
+        return tuple(k.shape[0::2])
+
+
+def to_2d(k: torch.Tensor) -> torch.Tensor:
+    """``(a0, b0, a1, b1, ...)`` → ``(a0·a1·…, b0·b1·…)`` (NT's ``make_2d``)."""
+    if k.ndim == 2:
+        return k
+    half = k.ndim // 2
+    perm = tuple(range(0, k.ndim, 2)) + tuple(range(1, k.ndim, 2))
+    return k.permute(perm).reshape(math.prod(k.shape[0::2]), math.prod(k.shape[1::2])) if half else k.reshape(1, 1)
+
+
+def zip_pairs(cov: torch.Tensor, shape: Sequence[int], n_lead: int) -> torch.Tensor:
+    """``(*lead, n, n)`` → ``(*lead, d0, d0, d1, d1, ...)`` (NT's ``zip_axes``)."""
+    lead = tuple(cov.shape[:n_lead])
+    shape = tuple(shape)
+    out = cov.reshape(lead + shape + shape)
+    p = len(shape)
+    perm = list(range(n_lead))
+    for i in range(p):
+        perm += [n_lead + i, n_lead + p + i]
+    return out.permute(perm)
+
+
+def symmetrize(c: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (c + c.transpose(-1, -2))
+
+
+# ---------------------------------------------------------------------- get
+
+
+def canonical_get(get: Get, allowed: Sequence[str], where: str) -> tuple[bool, tuple[str, ...]]:
+    """``(get_is_str, names)``; ``None`` means ``("nngp", "ntk")``."""
+    if get is None:
+        return False, ("nngp", "ntk")
+    is_str = isinstance(get, str)
+    names = (get,) if is_str else tuple(get)
+    if not names:
+        raise ValueError(f"{where}: get must be a name, a non-empty tuple of names or None, got ().")
+    names = tuple(str(g).lower() for g in names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: the entries of get must be unique, got {names}.")
+    for g in names:
+        if g not in allowed:
+            raise ValueError(f"{where}: get={g!r} is not supported; choose from {', '.join(map(repr, allowed))}.")
+    return is_str, names
+
+
+_GAUSSIANS: dict[tuple[str, ...], type] = {}
+
+
+def named_output(is_str: bool, names: tuple[str, ...], out: dict[str, Any]) -> Any:
+    """One value for a string ``get``; else the named tuple ``Gaussians(nngp=..., ...)``."""
+    if is_str:
+        return out[names[0]]
+    cls = _GAUSSIANS.get(names)
+    if cls is None:
+        cls = _GAUSSIANS[names] = collections.namedtuple("Gaussians", names)  # type: ignore[misc]
+    return cls(*(out[g] for g in names))
+
+
+def get_attr(k: Any, g: str, name: str) -> Any:
+    """``k`` itself if it is an array, else its ``nngp``/``ntk`` attribute (duck-typed)."""
+    if isinstance(k, (torch.Tensor, np.ndarray)):
+        return k
+    if not hasattr(k, g) or getattr(k, g) is None:
+        raise ValueError(
+            f"{name} has no {g!r} kernel: pass a tensor, or a Kernel / named tuple with a {g!r} field "
+            f"(e.g. kernel_fn(x1, x2, ('nngp', 'ntk')))."
+        )
+    return getattr(k, g)
+
+
+def first_kernel(k: Any) -> Any:
+    if isinstance(k, (torch.Tensor, np.ndarray)):
+        return k
+    for g in ("nngp", "ntk"):
+        v = getattr(k, g, None)
+        if v is not None:
+            return v
+    raise TypeError(f"expected a tensor or an object with 'nngp'/'ntk' fields, got {type(k).__name__}.")
+
+
+# ---------------------------------------------------------------------- factorizations
+
+
+def regularize(k2: torch.Tensor, diag_reg: float, diag_reg_absolute_scale: bool) -> torch.Tensor:
+    """``K + diag_reg · s · I`` with ``s = 1`` if absolute, else the mean of ``diag(K)``."""
+    diag_reg = float(diag_reg)
+    if diag_reg < 0:
+        raise ValueError(f"diag_reg must be >= 0, got {diag_reg}.")
+    if diag_reg == 0:
+        return k2
+    scale = 1.0 if diag_reg_absolute_scale else torch.diagonal(k2).mean()
+    out = k2.clone()
+    out.diagonal().add_(diag_reg * scale)
+    return out
+
+
+class Cholesky:
+    """The Cholesky factor ``L`` of a symmetric positive definite ``K`` (float64)."""
+
+    def __init__(self, k2: torch.Tensor, what: str) -> None:
+        check_finite(k2, what)
+        L, info = torch.linalg.cholesky_ex(k2)
+        if int(info) != 0:
+            raise ValueError(
+                f"{what} is not positive definite (Cholesky failed at pivot {int(info)}), so the "
+                f"solve is ill-posed. Increase diag_reg (e.g. diag_reg=1e-4, relative to the mean "
+                f"of the kernel diagonal) to regularize it."
+            )
+        self.L = L
+
+    def half_solve(self, b: torch.Tensor) -> torch.Tensor:
+        """``L⁻¹ b``."""
+        return torch.linalg.solve_triangular(self.L, b, upper=False)
+
+    def solve(self, b: torch.Tensor) -> torch.Tensor:
+        """``K⁻¹ b``."""
+        return torch.cholesky_solve(b, self.L)
+
+
+class Eigen:
+    """``K = V diag(λ) Vᵀ`` of a symmetric positive semi-definite ``K``, computed once.
+
+    Eigenvalues below ``−tol · λ_max`` mean ``K`` is not positive semi-definite beyond
+    rounding (``tol`` = √eps of ``input_dtype``) and raise a ValueError naming diag_reg.
+    """
+
+    def __init__(self, k2: torch.Tensor, what: str, input_dtype: torch.dtype = WORK_DTYPE) -> None:
+        check_finite(k2, what)
+        self.evals, self.evecs = torch.linalg.eigh(k2)
+        tol = math.sqrt(torch.finfo(input_dtype).eps) if input_dtype.is_floating_point else 1e-8
+        lo, hi = float(self.evals[0]), float(self.evals.abs().max()) if self.evals.numel() else 0.0
+        if lo < -tol * hi:
+            raise ValueError(
+                f"{what} is not positive semi-definite: its smallest eigenvalue is {lo:.3g} "
+                f"(largest magnitude {hi:.3g}). Check the kernel, or increase diag_reg so that "
+                f"diag_reg · mean(diag K) (or diag_reg itself if diag_reg_absolute_scale) exceeds {-lo:.3g}."
+            )
+
+
+def expm1_factor(evals: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
+    """``expm1(−max(λ, 0) t / n)``, shape ``(T, N)`` for ``t`` of shape ``(T, 1)``."""
+    lam = evals.clamp_min(0)
+    x = lam * t / n
+    return torch.where(lam > 0, torch.expm1(-x), torch.zeros_like(x))
+
+
+def inv_expm1_factor(evals: torch.Tensor, t: torch.Tensor, n: int) -> torch.Tensor:
+    """``expm1(−λ t / n) / λ``, with its limit ``−t / n`` at ``λ ≤ 0`` (never NaN).
+
+    neural-tangents divides by ``|λ|`` (NaN at ``λ = 0``); for positive definite kernels the
+    two agree exactly.
+    """
+    lam = evals.clamp_min(0)
+    positive = lam > 0
+    safe = torch.where(positive, lam, torch.ones_like(lam))
+    val = torch.expm1(-safe * t / n) / safe
+    limit = torch.where(torch.isfinite(t), -t / n, torch.zeros_like(t)).expand_as(val)
+    return torch.where(positive, val, limit)
+
+
+def times(
+    t: Any, learning_rate: float, device: torch.device, dtype: torch.dtype = WORK_DTYPE
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(lr · t)`` flattened to ``(T, 1)`` in ``dtype``, and the original shape of ``t``."""
+    if isinstance(t, (list, tuple)):
+        t = np.asarray(t, dtype=np.float64)
+    t = as_tensor(t, "t", device).to(dtype) * float(learning_rate)
+    if bool(torch.isnan(t).any()):
+        raise ValueError("t contains NaN.")
+    return t.reshape(-1, 1), tuple(t.shape)

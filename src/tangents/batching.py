@@ -1,0 +1,297 @@
+"""`batch`: compute a kernel tile by tile, with bounded memory and the unbatched numbers.
+
+The ``(N1, N2)`` pairs are split into ``(b, b)`` tiles; each tile is one call of the
+kernel function on a slice of ``x1`` and a slice of ``x2``, written into a preallocated
+result. For ``x2=None`` only the tiles on and above the diagonal are computed (the others
+are their transposes), and diagonal tiles are computed as ``kernel_fn(x1_i, None)``, so
+layers that treat ``x2 = x1`` specially (``Dropout``) give the same numbers as unbatched.
+
+Peak memory is the result plus one tile's intermediates.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ._kernel import Kernel
+
+KernelFn = Callable[..., Any]
+
+
+def batch(
+    kernel_fn: KernelFn,
+    batch_size: int = 0,
+    device_count: int = -1,
+    store_on_device: bool = True,
+    *,
+    progress: bool | None = None,
+) -> KernelFn:
+    """Returns ``kernel_fn`` computed in ``(batch_size, batch_size)`` tiles (NT's ``nt.batch``).
+
+    Works for analytic kernel functions (``stax`` layers' ``kernel_fn``) and empirical ones
+    (``tangents.empirical_kernel_fn``): any ``kernel_fn(x1, x2=None, get=None, **kwargs)``
+    whose outputs have leading axes ``(N1, N2)`` (and ``cov1``/``cov2`` with a leading
+    ``N1``/``N2`` for a `Kernel`). Unlike neural-tangents, ``batch_size`` need not divide
+    the batch sizes, and ``x2=None`` computes only the upper triangle of tiles.
+
+    Args:
+        kernel_fn: the kernel function to tile.
+        batch_size: tile size; ``0`` means no tiling.
+        device_count: accepted for neural-tangents compatibility; tiles run on the inputs'
+            device (one device). Values other than -1, 0 and 1 raise.
+        store_on_device: ``False`` moves each finished tile to CPU memory, so kernels
+            larger than the accelerator's memory can be assembled.
+        progress: ``True`` shows a tqdm progress bar over tiles, ``False`` never; the
+            default shows one once the computation has run for two seconds.
+
+    Returns:
+        A function with ``kernel_fn``'s signature and results.
+
+    Example:
+        >>> _, _, kernel_fn = stax.serial(stax.Dense(512), stax.Relu(), stax.Dense(1))
+        >>> batched = tangents.batch(kernel_fn, batch_size=100)
+        >>> batched(x_train, None, "ntk")  # (N, N), same numbers as kernel_fn(x_train)
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        raise ValueError(f"batch: batch_size must be a non-negative integer (0 for no tiling), got {batch_size!r}.")
+    if device_count not in (-1, 0, 1):
+        raise ValueError(
+            f"batch: device_count={device_count} is not supported; tangents computes tiles on "
+            "the inputs' device. Use device_count=-1 (default)."
+        )
+    if batch_size == 0:
+        return kernel_fn
+
+    @functools.wraps(kernel_fn)
+    def batched_kernel_fn(x1: Any, x2: Any = None, get: Any = None, **kwargs: Any) -> Any:
+        return tiled(
+            kernel_fn, x1, x2, get, batch_size, store_on_device, progress, kwargs, _is_analytic(kernel_fn)
+        )
+
+    return batched_kernel_fn
+
+
+def _is_analytic(kernel_fn: KernelFn) -> bool:
+    from .stax._layer import Layer
+
+    return isinstance(getattr(kernel_fn, "__self__", None), Layer)
+
+
+def _leading(x: Any) -> int:
+    if isinstance(x, (list, tuple)):
+        return _leading(x[0])
+    return int(x.shape[0])
+
+
+def _slice(x: Any, rows: slice) -> Any:
+    if isinstance(x, (list, tuple)):
+        return type(x)(_slice(xi, rows) for xi in x)
+    return x[rows]
+
+
+def _split_kwargs(kwargs: dict[str, Any], rows1: slice, rows2: slice | None) -> dict[str, Any]:
+    """Slices per-example keyword arguments given as pairs ``(for_x1, for_x2)``."""
+    out = {}
+    for key, value in kwargs.items():
+        if (
+            isinstance(value, tuple)
+            and len(value) == 2
+            and all(isinstance(v, torch.Tensor) or v is None or hasattr(v, "shape") for v in value)
+        ):
+            first = None if value[0] is None else value[0][rows1]
+            second_source = value[0] if rows2 is None else value[1]
+            second = None if second_source is None else second_source[rows1 if rows2 is None else rows2]
+            out[key] = (first, second)
+        else:
+            out[key] = value
+    return out
+
+
+def _swap_pairs(t: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
+    """The (N2, N1, ...) transpose of an (N1, N2, ...) covariance: swap the batch axes and,
+    for full spatial layouts, each interleaved pair (S, S')."""
+    t = t.transpose(0, 1)
+    if not diagonal_spatial:
+        for i in range(2, t.ndim - 1, 2):
+            t = t.transpose(i, i + 1)
+    return t
+
+
+def tiled(
+    kernel_fn: KernelFn,
+    x1: Any,
+    x2: Any,
+    get: Any,
+    b: int,
+    store_on_device: bool,
+    progress: bool | None,
+    kwargs: dict[str, Any],
+    analytic: bool,
+) -> Any:
+    """Computes ``kernel_fn(x1, x2, get, **kwargs)`` in ``(b, b)`` tiles (see module doc).
+
+    ``analytic``: ``kernel_fn`` returns `Kernel`s for ``get=None`` (then ``x2=None`` uses
+    symmetry); otherwise it is called with ``get`` and returns tensors or named tuples.
+    """
+    symmetric = x2 is None and analytic
+    n1 = _leading(x1)
+    n2 = n1 if x2 is None else _leading(x2)
+    starts1 = list(range(0, n1, b))
+    starts2 = list(range(0, n2, b))
+    tiles = [(i, j) for i in starts1 for j in starts2 if not (symmetric and j < i)]
+    inner_get = None if analytic else get
+
+    out: dict[str, Any] = {}
+    result_holder: list[Any] = []
+    # progress=None: a bar appears only if the work takes longer than two seconds.
+    bar = tqdm(tiles, desc="kernel tiles", disable=progress is False, delay=0 if progress else 2.0, leave=False)
+    for i, j in bar:
+        r1, r2 = slice(i, min(i + b, n1)), slice(j, min(j + b, n2))
+        xa = _slice(x1, r1)
+        if x2 is None and i == j:
+            tile = kernel_fn(xa, None, inner_get, **_split_kwargs(kwargs, r1, None))
+            on_diagonal = True
+        else:
+            xb = _slice(x1 if x2 is None else x2, r2)
+            tile_kwargs = _split_kwargs(kwargs, r1, r2) if x2 is not None else _split_kwargs_self(kwargs, r1, r2)
+            tile = kernel_fn(xa, xb, inner_get, **tile_kwargs)
+            on_diagonal = False
+        _write(out, result_holder, tile, r1, r2, n1, n2, symmetric, on_diagonal, store_on_device)
+    return _finish(out, result_holder[0], get, analytic, x2 is None, n1, n2)
+
+
+def _split_kwargs_self(kwargs: dict[str, Any], rows1: slice, rows2: slice) -> dict[str, Any]:
+    """Per-example pairs for an off-diagonal tile of ``x1`` with itself."""
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, tuple) and len(value) == 2 and value[0] is not None and hasattr(value[0], "shape"):
+            out[key] = (value[0][rows1], value[0][rows2])
+        else:
+            out[key] = value
+    return out
+
+
+def _fields(tile: Any) -> dict[str, torch.Tensor | None]:
+    if isinstance(tile, Kernel):
+        return {"nngp": tile.nngp, "ntk": tile.ntk, "cov1": tile.cov1, "cov2": tile.cov2}
+    if isinstance(tile, torch.Tensor):
+        return {"": tile}
+    if isinstance(tile, tuple) and hasattr(tile, "_fields"):
+        return dict(zip(tile._fields, tile))
+    raise TypeError(f"batch: cannot tile a kernel function returning {type(tile).__name__}.")
+
+
+def _write(
+    out: dict[str, Any],
+    holder: list[Any],
+    tile: Any,
+    r1: slice,
+    r2: slice,
+    n1: int,
+    n2: int,
+    symmetric: bool,
+    on_diagonal: bool,
+    store_on_device: bool,
+) -> None:
+    """Copies one tile into the preallocated results (and its mirror image if symmetric)."""
+    if not holder:
+        holder.append(tile)
+        _check_fits(tile, r1, r2, n1, n2, store_on_device)
+    diagonal_spatial = tile.diagonal_spatial if isinstance(tile, Kernel) else True
+    if isinstance(tile, Kernel) and not tile.diagonal_batch:
+        raise ValueError("batch: tiling kernels with diagonal_batch=False is not supported; use batch_size=0.")
+    for name, t in _fields(tile).items():
+        if t is None or (name == "cov2" and symmetric):
+            continue
+        if not store_on_device:
+            t = t.cpu()
+        if name in ("cov1", "cov2"):
+            rows, n = (r1, n1) if name == "cov1" else (r2, n2)
+            if name not in out:
+                out[name] = t.new_empty((n,) + tuple(t.shape[1:]))
+            out[name][rows] = t
+        elif t.ndim == 0:
+            out[name] = t
+        else:
+            if name not in out:
+                out[name] = t.new_empty((n1, n2) + tuple(t.shape[2:]))
+            out[name][r1, r2] = t
+            if symmetric and not on_diagonal:
+                out[name][r2, r1] = _swap_pairs(t, diagonal_spatial)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device`` (free memory, not counting caches)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _check_fits(tile: Any, r1: slice, r2: slice, n1: int, n2: int, store_on_device: bool) -> None:
+    """Raises before allocating results that cannot fit in memory."""
+    pairs = (r1.stop - r1.start) * (r2.stop - r2.start)
+    needed = 0
+    device = None
+    for name, t in _fields(tile).items():
+        if t is None or t.ndim == 0:
+            continue
+        device = t.device if store_on_device else torch.device("cpu")
+        per = t.numel() * t.element_size()
+        needed += per * (n1 * n2 / pairs if name not in ("cov1", "cov2") else max(n1, n2) / (r1.stop - r1.start))
+    if device is None:
+        return
+    free = available_memory(device)
+    if needed > free:
+        raise MemoryError(
+            f"kernel_fn: the result needs {_format_bytes(needed)} ({n1} x {n2} pairs) but only "
+            f"{_format_bytes(free)} is free on {device}. Compute it in pieces (slices of x1 and "
+            f"x2), in float32, or with store_on_device=False in tangents.batch when the "
+            f"accelerator is the limit."
+        )
+
+
+def _finish(out: dict[str, Any], first: Any, get: Any, analytic: bool, x2_none: bool, n1: int, n2: int) -> Any:
+    if isinstance(first, Kernel):
+        shape1, shape2 = list(first.shape1), list(first.shape2)
+        shape1[first.batch_axis] = n1
+        shape2[first.batch_axis] = n1 if x2_none else n2
+        k = first.replace(
+            nngp=out["nngp"],
+            ntk=out.get("ntk"),
+            cov1=out["cov1"],
+            cov2=None if x2_none else out.get("cov2"),
+            shape1=tuple(shape1),
+            shape2=tuple(shape2),
+        )
+        if get is None:
+            return k
+        from .stax._layer import _check_get, _select
+
+        _check_get(get)
+        return _select(k, get)
+    if isinstance(first, torch.Tensor):
+        return out[""]
+    return type(first)(*(out.get(name) for name in first._fields))

@@ -1,0 +1,303 @@
+r"""Spatial primitives shared by convolutions and pooling: padding, window sums, layouts.
+
+Everything follows ``jax.lax`` conventions, which neural-tangents uses, so that finite
+networks and kernels agree with it exactly:
+
+* ``VALID``: no padding, ``out = (n − k) // s + 1``;
+* ``SAME``: ``out = ⌈n / s⌉``, zero padding of total ``max((out − 1) s + k − n, 0)``
+  split as ``(p // 2, p − p // 2)`` (the extra zero goes at the end, unlike
+  ``torch``'s ``padding='same'`` for even filters);
+* ``CIRCULAR``: the ``SAME`` amounts, filled periodically (wrap-around), then ``VALID``.
+
+Transposed convolutions follow ``lax.conv_transpose``: the input is dilated by the
+stride, padded by `transpose_pads`, and correlated with the (unflipped) filter.
+
+All functions act on any tensor axes, so they serve finite activations ``(N, C, *S)``,
+diagonal covariances ``(N1, N2, *S)`` and full covariances ``(N1, N2, H, H', W, W')``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .._kernel import Kernel
+
+PADDINGS = ("VALID", "SAME", "CIRCULAR")
+Pads = list[tuple[int, int]]
+
+
+# ---------------------------------------------------------------------- argument checks
+
+
+def check_padding(layer: str, padding: Any) -> str:
+    """Validates a padding name (``'VALID'``, ``'SAME'`` or ``'CIRCULAR'``, any case)."""
+    if not isinstance(padding, str) or padding.upper() not in PADDINGS:
+        raise ValueError(f"{layer}: padding must be one of 'VALID', 'SAME', 'CIRCULAR', got {padding!r}.")
+    return padding.upper()
+
+
+def check_ints(layer: str, name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
+    """Validates a tuple of positive integers (``filter_shape``, ``strides``, ...)."""
+    if isinstance(value, (int, bool)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"{layer}: {name} must be a non-empty tuple of positive integers, got {value!r}.")
+    out = tuple(value)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in out):
+        raise ValueError(f"{layer}: {name} must be a tuple of positive integers, got {value!r}.")
+    if length is not None and len(out) != length:
+        raise ValueError(f"{layer}: {name} must have {length} entries (one per spatial axis), got {value!r}.")
+    return out
+
+
+# ---------------------------------------------------------------------- sizes and pads
+
+
+def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+    """``lax`` SAME padding ``(before, after)`` of one axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def output_size(size: int, window: int, stride: int, padding: str) -> int:
+    """Output length of a window op over an axis of length ``size``."""
+    if size < 0:
+        return -1
+    if padding == "VALID":
+        return max((size - window) // stride + 1, 0)
+    return -(-size // stride)
+
+
+def transpose_pads(window: int, stride: int, padding: str) -> tuple[int, int]:
+    """Padding of the dilated input in ``lax.conv_transpose`` (CIRCULAR uses VALID's)."""
+    if padding == "SAME":
+        total = window + stride - 2
+        before = window - 1 if stride > window - 1 else -(-total // 2)
+    else:
+        total = window + stride - 2 + max(window - stride, 0)
+        before = window - 1
+    return before, total - before
+
+
+def transpose_output_size(size: int, window: int, stride: int, padding: str) -> int:
+    """Output length of ``lax.conv_transpose`` (SAME and CIRCULAR: ``n s``)."""
+    if size < 0:
+        return -1
+    if padding == "VALID":
+        return size * stride + max(window - stride, 0)
+    return size * stride
+
+
+# ---------------------------------------------------------------------- tensor primitives
+
+
+def pad(x: torch.Tensor, axes: Sequence[int], pads: Pads, circular: bool) -> torch.Tensor:
+    """Pads ``axes`` of ``x`` by ``pads`` with zeros, or periodically if ``circular``."""
+    for axis, (lo, hi) in zip(axes, pads):
+        if lo == 0 and hi == 0:
+            continue
+        n = x.shape[axis]
+        if circular:
+            index = torch.arange(-lo, n + hi, device=x.device) % n
+            x = torch.index_select(x, axis, index)
+        else:
+            shape = list(x.shape)
+            shape[axis] = n + lo + hi
+            out = x.new_zeros(shape)
+            out.narrow(axis, lo, n).copy_(x)
+            x = out
+    return x
+
+
+def _strided(x: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
+    """``x[..., start : start + stride (count − 1) + 1 : stride, ...]`` along ``axis``."""
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, start + stride * (count - 1) + 1, stride)
+    return x[tuple(index)]
+
+
+def _tap_range(size: int, count: int, tap: int, stride: int, before: int) -> tuple[int, int, int] | None:
+    """Outputs ``i`` whose tap reads a real entry ``p = i s + tap − before`` (0 <= p < size).
+
+    Returns:
+        ``(first output, first input, number of outputs)``, or ``None`` if there are none.
+    """
+    first = max(0, -(-(before - tap) // stride))
+    last = min(count - 1, (size - 1 + before - tap) // stride)
+    if last < first:
+        return None
+    return first, first * stride + tap - before, last - first + 1
+
+
+def _out_count(size: int, window: int, stride: int, pads: tuple[int, int], what: str) -> int:
+    count = (size + pads[0] + pads[1] - window) // stride + 1
+    if count < 1:
+        raise ValueError(
+            f"a {what} of {window} does not fit in a spatial axis of length {size}; "
+            f"use padding='SAME' or a smaller {what}."
+        )
+    return count
+
+
+def window_sum(
+    x: torch.Tensor,
+    axes: Sequence[int],
+    window: Sequence[int],
+    strides: Sequence[int],
+    pads: Pads | None = None,
+) -> torch.Tensor:
+    """Sums over windows along each of ``axes`` (a box filter), with implicit zero padding.
+
+    The box filter is separable, so each axis is summed on its own; along an axis of
+    length n padded by ``(lo, hi)`` the result has ``(n + lo + hi − k) // s + 1`` entries.
+    Padding is never materialised: each tap adds its in-range block. Always returns a new
+    tensor.
+    """
+    pads = [(0, 0)] * len(axes) if pads is None else pads
+    for axis, k, s, p in zip(axes, window, strides, pads):
+        n = x.shape[axis]
+        count = _out_count(n, k, s, p, "window")
+        shape = list(x.shape)
+        shape[axis] = count
+        out = x.new_zeros(shape)
+        for t in range(k):
+            r = _tap_range(n, count, t, s, p[0])
+            if r is not None:
+                out.narrow(axis, r[0], r[2]).add_(_strided(x, axis, r[1], r[2], s))
+        x = out
+    return x
+
+
+def diagonal_window_sum(
+    x: torch.Tensor, axis1: int, axis2: int, window: int, stride: int, pads: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
+    r"""``out[i, j] = Σ_t x[i s + t − lo, j s + t − lo]`` over a pair of axes (a diagonal filter).
+
+    This is the covariance map of a shared-weight convolution on a location pair
+    ``(X, X')`` (up to the 1/k normalisation): both locations shift by the same tap ``t``.
+    Entries outside ``x`` (zero padding ``pads`` on both axes) contribute 0 and are never
+    materialised. Always returns a new tensor.
+    """
+    n1, n2 = x.shape[axis1], x.shape[axis2]
+    c1 = _out_count(n1, window, stride, pads, "filter")
+    c2 = _out_count(n2, window, stride, pads, "filter")
+    shape = list(x.shape)
+    shape[axis1], shape[axis2] = c1, c2
+    out = x.new_zeros(shape)
+    for t in range(window):
+        r1 = _tap_range(n1, c1, t, stride, pads[0])
+        r2 = _tap_range(n2, c2, t, stride, pads[0])
+        if r1 is None or r2 is None:
+            continue
+        target = out.narrow(axis1, r1[0], r1[2]).narrow(axis2, r2[0], r2[2])
+        target.add_(_strided(_strided(x, axis1, r1[1], r1[2], stride), axis2, r2[1], r2[2], stride))
+    return out
+
+
+def dilate(x: torch.Tensor, axes: Sequence[int], strides: Sequence[int]) -> torch.Tensor:
+    """Inserts ``s − 1`` zeros between neighbours along each axis (``lhs_dilation``)."""
+    for axis, s in zip(axes, strides):
+        if s == 1:
+            continue
+        n = x.shape[axis]
+        shape = list(x.shape)
+        shape[axis] = (n - 1) * s + 1
+        out = x.new_zeros(shape)
+        index = [slice(None)] * x.ndim
+        index[axis] = slice(None, None, s)
+        out[tuple(index)] = x
+        x = out
+    return x
+
+
+def fold_circular(x: torch.Tensor, axes: Sequence[int], out_sizes: Sequence[int]) -> torch.Tensor:
+    """Crops ``axes`` to ``out_sizes``, adding every entry onto its periodic image.
+
+    The transpose of CIRCULAR padding (neural-tangents' ``_same_pad_for_filter_shape_transpose``):
+    along an axis of length L, ``w = 2⌈L / n⌉ // 2 + 1`` shifted copies at multiples of the
+    output length n are summed (lax SAME window of ``(w − 1) n + 1``), and the centre is kept.
+    """
+    for axis, n in zip(axes, out_sizes):
+        length = x.shape[axis]
+        w = (-(-length // n)) // 2 * 2 + 1
+        lo, hi = same_pads(length, (w - 1) * n + 1, 1)
+        padded = pad(x, [axis], [(lo, hi)], circular=False)
+        total = None
+        for j in range(w):
+            term = padded.narrow(axis, j * n, length)
+            total = term if total is None else total + term
+        start = (length - n) // 2
+        x = total.narrow(axis, start, n)
+    return x
+
+
+# ---------------------------------------------------------------------- kernel layouts
+
+
+def check_kernel_axes(layer: str, k: Kernel, batch_axis: int | None, channel_axis: int | None) -> None:
+    """Raises if the kernel's finite-width layout disagrees with what the layer expects."""
+    ndim = len(k.shape1)
+    for name, axis, have in (("batch_axis", batch_axis, k.batch_axis), ("channel_axis", channel_axis, k.channel_axis)):
+        if axis is not None and axis % ndim != have % ndim:
+            raise ValueError(
+                f"{layer}: {name}={axis} (axis {axis % ndim} of the {ndim}-D activations {k.shape1}), but the "
+                f"previous layer puts it on axis {have % ndim}. Use one layout throughout: tangents "
+                f"defaults to channels-first (N, C, H, W); for NT's channels-last pass "
+                f"dimension_numbers=('NHWC', 'HWIO', 'NHWC') to convolutions and channel_axis=-1 to pooling."
+            )
+
+
+def spatial_axes_of(cov: torch.Tensor, batch_ndim: int, diagonal_spatial: bool) -> list[list[int]]:
+    """For each spatial dimension, the axes of ``cov`` that hold it (one, or a pair)."""
+    if diagonal_spatial:
+        return [[a] for a in range(batch_ndim, cov.ndim)]
+    return [[a, a + 1] for a in range(batch_ndim, cov.ndim, 2)]
+
+
+def map_covariances(k: Kernel, fn: Any) -> dict[str, torch.Tensor | None]:
+    """``fn(tensor, batch_ndim)`` applied to nngp, ntk, cov1 and cov2 (0-d / None pass).
+
+    Returns:
+        The new ``nngp``, ``ntk``, ``cov1``, ``cov2`` as keyword arguments for ``replace``.
+    """
+    cov_batch = 1 if k.diagonal_batch else 2
+
+    def apply(t: torch.Tensor | None, batch_ndim: int) -> torch.Tensor | None:
+        if t is None or t.ndim <= batch_ndim:
+            return t
+        return fn(t, batch_ndim)
+
+    return {
+        "nngp": apply(k.nngp, 2),
+        "ntk": apply(k.ntk, 2),
+        "cov1": apply(k.cov1, cov_batch),
+        "cov2": apply(k.cov2, cov_batch),
+    }
+
+
+def reverse_spatial(t: torch.Tensor, batch_ndim: int, diagonal_spatial: bool) -> torch.Tensor:
+    """The spatial dimensions of a covariance in the opposite order (pairs kept together)."""
+    groups = spatial_axes_of(t, batch_ndim, diagonal_spatial)
+    order = list(range(batch_ndim)) + [a for g in reversed(groups) for a in g]
+    return t.permute(order)
+
+
+def permute_spatial(t: torch.Tensor, batch_ndim: int, diagonal_spatial: bool, perm: Sequence[int]) -> torch.Tensor:
+    """Reorders the spatial dimensions: new dimension ``i`` is old dimension ``perm[i]``."""
+    groups = spatial_axes_of(t, batch_ndim, diagonal_spatial)
+    order = list(range(batch_ndim)) + [a for p in perm for a in groups[p]]
+    return t.permute(order)
+
+
+def add_on_spatial_diagonal(t: torch.Tensor, value: float, batch_ndim: int) -> torch.Tensor:
+    """``t + value`` on the entries whose location pairs coincide (``(…, X, X, Y, Y)``)."""
+    mask = None
+    for a in range(batch_ndim, t.ndim, 2):
+        eye = torch.eye(t.shape[a], dtype=torch.bool, device=t.device)
+        shape = [1] * t.ndim
+        shape[a], shape[a + 1] = t.shape[a], t.shape[a + 1]
+        eye = eye.reshape(shape)
+        mask = eye if mask is None else mask & eye
+    return t + value * mask.to(t.dtype)
