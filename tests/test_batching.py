@@ -66,3 +66,32 @@ def test_bad_batch_size():
         tangents.batch(_net().kernel_fn, batch_size=-1)
     with pytest.raises(ValueError, match="device_count=4 is not supported"):
         tangents.batch(_net().kernel_fn, batch_size=2, device_count=4)
+
+
+def test_large_kernel_fn_calls_are_tiled_and_equal_untiled(monkeypatch):
+    import tangents.stax._layer as layer_module
+
+    net = stax.serial(stax.Dense(512, W_std=1.5, b_std=0.05), stax.Relu(), stax.Dropout(0.7),
+                      stax.Dense(512, W_std=1.5, b_std=0.05), stax.Erf(), stax.Dense(1))
+    x1, x2 = torch.randn(700, 6), torch.randn(500, 6)
+    assert layer_module._auto_tile_size(x1, None, True, False, 0, -1) is not None
+    tiled_self = net.kernel_fn(x1, None, ("nngp", "ntk", "cov1"))
+    tiled_pair = net.kernel_fn(x1, x2)
+    monkeypatch.setattr(layer_module, "_auto_tile_size", lambda *args: None)
+    direct_self = net.kernel_fn(x1, None, ("nngp", "ntk", "cov1"))
+    direct_pair = net.kernel_fn(x1, x2)
+    for a, b in zip(tiled_self, direct_self):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+    for name in ("nngp", "ntk", "cov1", "cov2"):
+        torch.testing.assert_close(getattr(tiled_pair, name), getattr(direct_pair, name), rtol=1e-13, atol=0)
+    assert tiled_pair.shape1 == direct_pair.shape1 == (700, 1)
+
+
+def test_result_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    import tangents.batching as batching_module
+
+    monkeypatch.setattr(batching_module, "available_memory", lambda device: 10_000_000)  # 10 MB free
+    net = _net()
+    x = torch.randn(1200, 3)  # nngp + ntk: 2 x 1200² x 8 B = 23 MB
+    with pytest.raises(MemoryError, match=r"the result needs 22.0 MB \(1200 x 1200 pairs\) but only 9.5 MB is free"):
+        tangents.batch(net.kernel_fn, batch_size=100)(x, None, ("nngp", "ntk"))

@@ -11,6 +11,7 @@ Peak memory is the result plus one tile's intermediates.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -146,23 +147,46 @@ def tiled(
     tiles = [(i, j) for i in starts1 for j in starts2 if not (symmetric and j < i)]
     inner_get = None if analytic else get
 
-    out: dict[str, Any] = {}
-    result_holder: list[Any] = []
-    # progress=None: a bar appears only if the work takes longer than two seconds.
-    bar = tqdm(tiles, desc="kernel tiles", disable=progress is False, delay=0 if progress else 2.0, leave=False)
-    for i, j in bar:
+    def compute(tile: tuple[int, int]) -> None:
+        i, j = tile
         r1, r2 = slice(i, min(i + b, n1)), slice(j, min(j + b, n2))
         xa = _slice(x1, r1)
         if x2 is None and i == j:
-            tile = kernel_fn(xa, None, inner_get, **_split_kwargs(kwargs, r1, None))
-            on_diagonal = True
+            result = kernel_fn(xa, None, inner_get, **_split_kwargs(kwargs, r1, None))
         else:
             xb = _slice(x1 if x2 is None else x2, r2)
             tile_kwargs = _split_kwargs(kwargs, r1, r2) if x2 is not None else _split_kwargs_self(kwargs, r1, r2)
-            tile = kernel_fn(xa, xb, inner_get, **tile_kwargs)
-            on_diagonal = False
-        _write(out, result_holder, tile, r1, r2, n1, n2, symmetric, on_diagonal, store_on_device)
+            result = kernel_fn(xa, xb, inner_get, **tile_kwargs)
+        _write(out, result_holder, result, r1, r2, n1, n2, symmetric, x2 is None and i == j, store_on_device)
+
+    out: dict[str, Any] = {}
+    result_holder: list[Any] = []
+    # progress=None: a bar appears only if the work takes longer than two seconds.
+    bar = tqdm(total=len(tiles), desc="kernel tiles", disable=progress is False, delay=0 if progress else 2.0, leave=False)
+    compute(tiles[0])  # allocates the results
+    bar.update()
+    workers = torch.get_num_threads()
+    if analytic and workers > 1 and len(tiles) > 2 and _first_tensor(x1).device.type == "cpu":
+        # Tiles in parallel, one thread each, rather than many small multi-threaded ops per
+        # tile: the latter stall on every op's thread barrier when cores are shared.
+        torch.set_num_threads(1)
+        try:
+            # (OpenMP's thread count is per thread: each worker sets its own.)
+            with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for _ in pool.map(compute, tiles[1:]):
+                    bar.update()
+        finally:
+            torch.set_num_threads(workers)
+    else:
+        for tile in tiles[1:]:
+            compute(tile)
+            bar.update()
+    bar.close()
     return _finish(out, result_holder[0], get, analytic, x2 is None, n1, n2)
+
+
+def _first_tensor(x: Any) -> torch.Tensor:
+    return _first_tensor(x[0]) if isinstance(x, (list, tuple)) else x
 
 
 def _split_kwargs_self(kwargs: dict[str, Any], rows1: slice, rows2: slice) -> dict[str, Any]:
