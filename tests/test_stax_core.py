@@ -132,3 +132,23 @@ def test_diagonal_batch_false_gives_full_cov1():
     k = net.kernel_fn(x, diagonal_batch=False)
     assert k.cov1.shape == (4, 4)
     assert torch.allclose(k.cov1, k.nngp)
+
+
+def test_kernel_gradients_are_finite_at_coincident_points_and_match_fast_path():
+    # Differentiating a kernel (e.g. to learn inputs) takes the formulas whose derivatives
+    # stay finite at coincident points; without gradients the faster arccos form is used.
+    net = stax.serial(stax.Dense(64, W_std=1.5, b_std=0.05), stax.Relu(), stax.Dense(1))
+    x = torch.randn(5, 3, requires_grad=True)
+    ntk = net.kernel_fn(x, None, "ntk")
+    (grad,) = torch.autograd.grad(ntk.sum(), x)
+    assert torch.isfinite(grad).all()
+    with torch.no_grad():
+        fast = net.kernel_fn(x, None, "ntk")
+    torch.testing.assert_close(ntk.detach(), fast, rtol=1e-13, atol=0)
+    # Finite differences confirm the gradient (off the diagonal the kernel is smooth).
+    direction = torch.randn_like(x)
+    eps = 1e-6
+    with torch.no_grad():
+        plus = net.kernel_fn(x + eps * direction, None, "ntk").sum()
+        minus = net.kernel_fn(x - eps * direction, None, "ntk").sum()
+    assert abs(((plus - minus) / (2 * eps)).item() - (grad * direction).sum().item()) < 1e-5

@@ -13,11 +13,38 @@ import numpy as np
 import torch
 
 
+def differentiable(*tensors: torch.Tensor | None) -> bool:
+    """Whether any of ``tensors`` is being differentiated (autograd, forward-mode or torch.func).
+
+    Kernel formulas then take their slower forms whose derivatives stay finite where the
+    plain ones have ∞ (√ at 0, arccos at ±1); otherwise they take the fast forms.
+    """
+    if torch.compiler.is_compiling():  # compiled kernels run without differentiation
+        return False
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.requires_grad or _is_functorch_wrapped(t):
+            return True
+        if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
+def _is_functorch_wrapped(t: torch.Tensor) -> bool:
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    except AttributeError:  # private API gone: assume the worst, use the safe forms
+        return True
+
+
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """√max(x, 0): the square root of a quantity that is ≥ 0 up to rounding.
 
     Its gradient at 0 is taken to be 0 rather than ∞ (as in neural-tangents).
     """
+    if not differentiable(x):
+        return x.clamp_min(0).sqrt()
     clipped = x.clamp_min(0)
     return torch.where(clipped > 0, clipped, torch.ones_like(clipped)).sqrt() * (clipped > 0)
 

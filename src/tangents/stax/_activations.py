@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._kernel import Kernel
-from .._numerics import safe_arctan2, safe_divide, safe_sqrt
+from .._numerics import differentiable, safe_arctan2, safe_divide, safe_sqrt
 from ._checks import check_number
 from ._elementwise import Activation
 
@@ -47,8 +47,14 @@ class ABRelu(Activation):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def expectations(self, cov12, var1, var2, need_derivative):  # noqa: ANN001, ANN201
-        root = safe_sqrt(var1 * var2 - cov12**2)
-        angle = safe_arctan2(root, cov12, fill_zero=math.pi / 2)
+        prod = var1 * var2
+        if differentiable(cov12, var1, var2):
+            root = safe_sqrt(prod - cov12**2)
+            angle = safe_arctan2(root, cov12, fill_zero=math.pi / 2)
+        else:  # the same θ by arccos, 3x cheaper than atan2 (its derivative is ∞ at ±1)
+            tiny = torch.finfo(cov12.dtype).tiny
+            angle = torch.acos((cov12 / prod.sqrt().clamp_min(tiny)).clamp(-1, 1))
+            root = (prod - cov12 * cov12).clamp_min(0).sqrt()
         factor = (self.a - self.b) ** 2 / (2 * math.pi)
         tdot = (self.a**2 + self.b**2) / 2 - factor * angle
         return factor * root + tdot * cov12, tdot
