@@ -20,7 +20,6 @@ computation before it starts.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .. import batching
 from ._axes import OutputSpec
 from ._function import Problem
 
@@ -103,19 +103,7 @@ def available_memory(device: torch.device) -> int:
 
 
 def _read_available(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 1 << 40
+    return batching.available_memory(device)
 
 
 def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: int, n2: int, dependent_n: int = 1
