@@ -106,6 +106,8 @@ class Erf(Activation):
         c: output shift.
     """
 
+    remask = True  # NT: supports_masking(remask_kernel=True)
+
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
         self.a, self.b, self.c = (check_number(type(self).__name__, n, v) for n, v in (("a", a), ("b", b), ("c", c)))
 
@@ -245,6 +247,8 @@ class Sin(Activation):
         c: input phase shift.
     """
 
+    remask = True  # NT: supports_masking(remask_kernel=True)
+
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
         self.a, self.b, self.c = (check_number(type(self).__name__, n, v) for n, v in (("a", a), ("b", b), ("c", c)))
 
@@ -287,6 +291,8 @@ class Rbf(Activation):
         gamma: inverse squared length scale, γ = 1/(2ℓ²).
     """
 
+    remask = True  # NT: supports_masking(remask_kernel=True)
+
     def __init__(self, gamma: float = 1.0) -> None:
         self.gamma = check_number("Rbf", "gamma", gamma, minimum=0.0)
 
@@ -319,6 +325,8 @@ class Exp(Activation):
         b: input scale.
     """
 
+    remask = True  # NT: supports_masking(remask_kernel=True)
+
     def __init__(self, a: float = 1, b: float = 1) -> None:
         self.a, self.b = check_number(type(self).__name__, "a", a), check_number(type(self).__name__, "b", b)
 
@@ -350,6 +358,8 @@ class Gaussian(Activation):
         a: output scale.
         b: coefficient of x² in the exponent.
     """
+
+    remask = True  # NT: supports_masking(remask_kernel=True)
 
     def __init__(self, a: float = 1, b: float = -1) -> None:
         self.a, self.b = check_number(type(self).__name__, "a", a), check_number(type(self).__name__, "b", b)
@@ -389,6 +399,8 @@ class ExpNormalized(Activation):
         shift: added to the normalised covariance before exponentiating.
         do_clip: clip the normalised covariance to [−1, 1] (guards against rounding).
     """
+
+    remask = True  # NT: supports_masking(remask_kernel=True)
 
     def __init__(self, gamma: float = 1, shift: float = -1, do_clip: bool = False) -> None:
         self.gamma, self.shift, self.do_clip = float(gamma), float(shift), bool(do_clip)

@@ -79,6 +79,11 @@ class _FanIn(Layer):
         target = n_reversed > len(ks) / 2
         return [k if k.is_reversed == target else _reverse(k) for k in ks]
 
+    def mask(self, mask: Any, input_shape: ShapeTree) -> Any:
+        """An entry is masked only if it is masked in every branch (NT's ``_sum_masks``)."""
+        masks = [m for m in mask if m is not None]
+        return functools.reduce(operator.and_, masks) if masks else None
+
     def _same_shapes(self, ks: list[Kernel]) -> None:
         if any(k.shape1 != ks[0].shape1 or k.shape2 != ks[0].shape2 for k in ks[1:]):
             raise ValueError(
@@ -218,6 +223,20 @@ class FanInConcat(_FanIn):
 
     def apply(self, params: Any, x: Any, **kwargs: Any) -> Any:
         return torch.cat(self._inputs(x, "inputs"), dim=self.axis)
+
+    def mask(self, mask: Any, input_shape: ShapeTree) -> Any:
+        """The branches' masks concatenated along ``axis`` (a missing mask: nothing masked)."""
+        if all(m is None for m in mask):
+            return None
+        axis = self.axis % len(input_shape[0])
+        like = next(m for m in mask if m is not None)
+        parts = []
+        for m, shape in zip(mask, input_shape):
+            target = [max(a, b) if i != axis else shape[axis] for i, (a, b) in enumerate(zip(like.shape, shape))]
+            target = [t if like.shape[i] > 1 or (m is not None and m.shape[i] > 1) else 1 for i, t in enumerate(target)]
+            target[axis] = shape[axis]
+            parts.append(torch.zeros(target, dtype=torch.bool, device=like.device) if m is None else m.expand(target))
+        return torch.cat(parts, dim=axis)
 
     def propagate(self, k: KernelTree, **kwargs: Any) -> KernelTree:
         ks = self._kernels(k)

@@ -47,6 +47,7 @@ from ._spatial import (
     map_covariances,
     output_size,
     pad,
+    pool_mask,
     permute_spatial,
     reverse_spatial,
     same_pads,
@@ -177,6 +178,7 @@ class _Conv(Layer):
     """Shared implementation of `Conv`, `ConvTranspose` and `ConvLocal`."""
 
     param_names = ("W", "b")
+    remask = True
     transpose = False
     shared_weights = True
 
@@ -373,6 +375,22 @@ class _Conv(Layer):
         w = torch.movedim(w, (0, 1), (-1, -2))  # (*S_out, C·|k|, O)
         y = torch.einsum("n...i,...io->n...o", patches, w)
         return torch.movedim(y, -1, 1)
+
+    def mask(self, mask: torch.Tensor, input_shape: ShapeTree) -> torch.Tensor:
+        """Masked if all channels are, then strided like the outputs (NT's ``_pool_mask``); a
+        transposed convolution's output is masked if any masked entry reaches it (as NT)."""
+        lhs, _, out = self.dimension_numbers
+        mask = mask.all(dim=lhs.index("C"), keepdim=True)
+        if self.transpose:  # NT: lax.conv_transpose of the mask with a ones filter (CIRCULAR as SAME)
+            m = mask.permute([lhs.index("N"), lhs.index("C")] + [lhs.index(c) for c in self._filter_letters])
+            padding = "SAME" if self.padding == "CIRCULAR" else self.padding
+            m = conv_covariance(m.to(torch.float64), 2, self.filter_shape, self.strides, padding, True, True) > 0
+            return m.permute([0 if c == "N" else 1 if c == "C" else 2 + self._filter_letters.index(c) for c in out])
+        filt = dict(zip(self._filter_letters, self.filter_shape))
+        steps = dict(zip(self._filter_letters, self.strides))
+        axes = [lhs.index(c) for c in self._in_letters]
+        mask = pool_mask(mask, axes, [filt[c] for c in self._in_letters], [steps[c] for c in self._in_letters], self.padding)
+        return mask.permute([lhs.index(c) for c in out])
 
     # ------------------------------------------------------------------ infinite width
 

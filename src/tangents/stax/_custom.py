@@ -103,6 +103,8 @@ class Elementwise(Activation):
         >>> layer = stax.Elementwise(torch.erf, nngp_fn)
     """
 
+    remask = True  # NT: supports_masking(remask_kernel=True)
+
     def __init__(
         self, fn: Fn | None = None, nngp_fn: NngpFn | None = None, d_nngp_fn: NngpFn | None = None
     ) -> None:
@@ -172,6 +174,8 @@ class ElementwiseNumerical(Activation):
     Example:
         >>> layer = stax.ElementwiseNumerical(torch.tanh, deg=25)
     """
+
+    remask = True  # NT: supports_masking(remask_kernel=True)
 
     def __init__(self, fn: Fn, deg: int, df: Fn | None = None) -> None:
         _check_callable("ElementwiseNumerical", "fn", fn, allow_none=False)

@@ -77,6 +77,7 @@ class Dense(Layer):
     """
 
     param_names = ("W", "b")
+    remask = True
 
     def __init__(
         self,
@@ -164,6 +165,10 @@ class Dense(Layer):
                 f"inputs; use an axis in [-{ndim}, {ndim}), e.g. the default -1."
             )
         return self.channel_axis % ndim
+
+    def mask(self, mask: torch.Tensor, input_shape: ShapeTree) -> torch.Tensor:
+        """A location is masked only if all its input features are."""
+        return mask.all(dim=self._axis(mask.ndim), keepdim=True)
 
     def propagate(self, k: Kernel, **kwargs: Any) -> Kernel:
         fan_in = k.shape1[self._axis(len(k.shape1))] / self.s[0]

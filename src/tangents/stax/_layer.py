@@ -25,6 +25,7 @@ from torch import nn
 from .._kernel import KERNEL_FIELDS, Kernel
 from ..batching import available_memory, tiled
 from ._inputs import as_input_tensors, inputs_to_kernel
+from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
 from ._requirements import Requirements
 
 Shape = tuple[int, ...]
@@ -50,6 +51,8 @@ class Layer:
     param_names: tuple[str, ...] = ()
     #: Layers this one is composed of (combinators only).
     children: tuple[Layer, ...] = ()
+    #: Zero the covariances of masked entries after `propagate` (NT's ``remask_kernel``).
+    remask: bool = False
 
     @property
     def name(self) -> str:
@@ -83,6 +86,10 @@ class Layer:
         """The infinite-width map from the input kernel to the output kernel."""
         raise NotImplementedError(f"{self.name}: no infinite-width kernel is defined.")
 
+    def mask(self, mask: Any, input_shape: ShapeTree) -> Any:
+        """The output's boolean mask (``True`` = masked) given the input's (default: unchanged)."""
+        return mask
+
     # ------------------------------------------------------------------ internal composition
 
     def transform(self, k: KernelTree, **kwargs: Any) -> KernelTree:
@@ -92,7 +99,8 @@ class Layer:
             return out  # children already set their own shapes
         shape1 = self.output_shape(_tree_shapes(k, "shape1"))
         shape2 = self.output_shape(_tree_shapes(k, "shape2"))
-        return _tree_set_shapes(out, shape1, shape2)
+        out = _tree_set_shapes(out, shape1, shape2)
+        return propagate_masks(self, k, out) if has_masks(k) else out
 
     # ------------------------------------------------------------------ public API
 
@@ -124,9 +132,16 @@ class Layer:
         input_shape = _canonical_shape(input_shape)
         return self.output_shape(input_shape), self.init_params(generator, input_shape, dtype, device)
 
-    def apply_fn(self, params: Params, inputs: Any, **kwargs: Any) -> Any:
-        """Runs the finite-width network: ``apply_fn(params, x, rng=None, mode='train')``."""
-        return self.apply(params, inputs, **kwargs)
+    def apply_fn(self, params: Params, inputs: Any, *, mask_constant: float | None = None, **kwargs: Any) -> Any:
+        """Runs the finite-width network: ``apply_fn(params, x, rng=None, mode='train')``.
+
+        With ``mask_constant`` (NT's variable-length inputs), entries of ``x`` equal to it
+        are masked and a ``MaskedArray(outputs, mask)`` is returned.
+        """
+        if mask_constant is None:
+            return self.apply(params, inputs, **kwargs)
+        inputs, mask = input_mask(inputs, mask_constant)
+        return MaskedArray(*apply_masked(self, params, inputs, mask, **kwargs))
 
     def kernel_fn(
         self,
@@ -164,12 +179,15 @@ class Layer:
             torch.Size([5, 5])
         """
         names = _check_get(get)
+        mask_constant = kwargs.pop("mask_constant", None)
         if _is_kernel_tree(x1_or_kernel):
             if x2 is not None:
                 raise ValueError(f"{self.name}.kernel_fn: x2 must be None when a Kernel is given.")
             out = self.transform(x1_or_kernel, diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial, **kwargs)
             return _select(out, get)
 
+        x1_or_kernel, mask1 = input_mask(x1_or_kernel, mask_constant)
+        x2, mask2 = input_mask(x2, mask_constant)
         x1, x2 = as_input_tensors(x1_or_kernel, x2)
         batch, spatial, batch_axis, channel_axis = self.requirements.resolve(diagonal_batch, diagonal_spatial)
         compute_ntk = names is None or "ntk" in names
@@ -188,9 +206,11 @@ class Layer:
                 a,
                 b,
             )
+            if mask_constant is not None:  # masks of the whole (untiled) inputs
+                k = _tree_set_masks(k, mask1, mask2)
             return _select(self.transform(k, **tile_kwargs), tile_get)
 
-        tile = _auto_tile_size(x1, x2, batch, spatial, batch_axis, channel_axis)
+        tile = None if mask_constant is not None else _auto_tile_size(x1, x2, batch, spatial, batch_axis, channel_axis)
         if tile is None:
             return kernel_of_inputs(x1, x2, get, **kwargs)
         return tiled(kernel_of_inputs, x1, x2, get, tile, True, None, kwargs, analytic=True)
@@ -342,6 +362,13 @@ def _tree_set_shapes(k: KernelTree, shape1: ShapeTree, shape2: ShapeTree) -> Ker
     if isinstance(k, Kernel):
         return k.replace(shape1=shape1, shape2=shape2)
     return type(k)(_tree_set_shapes(ki, s1, s2) for ki, s1, s2 in zip(k, shape1, shape2))
+
+
+def _tree_set_masks(k: KernelTree, mask1: Any, mask2: Any) -> KernelTree:
+    if isinstance(k, Kernel):
+        return k.replace(mask1=mask1, mask2=mask2)
+    m2s = [None] * len(k) if mask2 is None else mask2
+    return type(k)(_tree_set_masks(ki, m1, m2) for ki, m1, m2 in zip(k, mask1, m2s))
 
 
 def _check_get(get: Get) -> tuple[str, ...] | None:

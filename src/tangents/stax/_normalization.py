@@ -20,6 +20,7 @@ import torch
 from .._kernel import Kernel
 from ._covariance import entry_variances, variances
 from ._layer import Layer, Params
+from ._masking import mask_layout
 from ._requirements import Requirements
 
 Axes = Union[int, Sequence[int]]
@@ -79,10 +80,15 @@ class LayerNorm(Layer):
     def requirements(self) -> Requirements:
         return Requirements(batch_axis=self.batch_axis, channel_axis=self.channel_axis)
 
-    def apply(self, params: Params, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def apply(self, params: Params, x: torch.Tensor, mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         axes = canonical_axes("LayerNorm", self.axis, x.ndim)
-        mean = x.mean(dim=axes, keepdim=True)
-        var = x.var(dim=axes, correction=0, keepdim=True)
+        if mask is None:
+            mean = x.mean(dim=axes, keepdim=True)
+            var = x.var(dim=axes, correction=0, keepdim=True)
+        else:  # NT's mean_and_var: sums over all entries, divided by the unmasked count
+            count = (~mask.expand(x.shape)).sum(dim=axes, keepdim=True).clamp(min=1)
+            mean = x.sum(dim=axes, keepdim=True) / count
+            var = ((x - mean) ** 2).sum(dim=axes, keepdim=True) / count
         return (x - mean) / torch.sqrt(self.eps + var)
 
     def kernel_axes(self, k: Kernel) -> tuple[int, ...]:
@@ -111,16 +117,20 @@ class LayerNorm(Layer):
                 "LayerNorm: the infinite-width kernel is only defined for Gaussian inputs; put "
                 "an affine layer (Dense, Conv) directly before LayerNorm."
             )
-        if k.mask1 is not None or k.mask2 is not None:
-            raise NotImplementedError("LayerNorm: masked inputs are not supported by the kernel yet.")
         axes = self.kernel_axes(k)
 
-        def mean_variance(cov: torch.Tensor) -> torch.Tensor:
+        def mean_variance(cov: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
             var = variances(cov, k.diagonal_batch, k.diagonal_spatial) + self.eps
-            return var.mean(dim=axes, keepdim=True) if axes else var
+            if not axes:
+                return var
+            if mask is None:
+                return var.mean(dim=axes, keepdim=True)
+            # NT's mean_and_var: the sum over all entries by the number of unmasked ones
+            unmasked = (~mask_layout(k, mask).expand(var.shape)).sum(dim=axes, keepdim=True).clamp(min=1)
+            return var.sum(dim=axes, keepdim=True) / unmasked
 
-        m1 = mean_variance(k.cov1)
-        m2 = m1 if k.cov2 is None else mean_variance(k.cov2)
+        m1 = mean_variance(k.cov1, k.mask1)
+        m2 = m1 if k.cov2 is None else mean_variance(k.cov2, k.mask2)
         a, b = entry_variances(m1, m2, k.diagonal_spatial, two_batch_axes=True)
         scale12 = torch.sqrt(a * b)
 

@@ -138,6 +138,8 @@ class Hermite(Activation):
         degree: n, a non-negative integer.
     """
 
+    remask = True  # NT: supports_masking(remask_kernel=True)
+
     def __init__(self, degree: int) -> None:
         self.degree = _check_degree("Hermite", degree)
 

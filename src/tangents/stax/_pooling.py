@@ -24,6 +24,7 @@ import torch
 
 from .._kernel import Kernel
 from ._layer import Layer, Params, ShapeTree
+from ._masking import mask_products
 from ._requirements import Bool, Diagonal, Requirements
 from ._spatial import (
     check_ints,
@@ -32,6 +33,7 @@ from ._spatial import (
     map_covariances,
     output_size,
     pad,
+    pool_mask,
     same_pads,
     spatial_axes_of,
     window_sum,
@@ -61,6 +63,19 @@ def _spatial_axes(layer: str, ndim: int, batch_axis: int, channel_axis: int) -> 
             f"{ndim}-D inputs; for channels-first (N, C, H, W) use batch_axis=0, channel_axis=1."
         )
     return [i for i in range(ndim) if i not in (b, c)]
+
+
+def _check_channel_mask(layer: str, mask: torch.Tensor, channel_axis: int) -> None:
+    if mask.shape[channel_axis] != 1:
+        raise ValueError(
+            f"{layer}: masks that differ across channels (shape {tuple(mask.shape)}) are not supported by "
+            f"pooling; mask whole locations, or put a Dense/Conv layer first."
+        )
+
+
+def _unmasked_count(mask: torch.Tensor, axes: list[int]) -> torch.Tensor:
+    """Entries not masked along ``axes`` (at least 1), as in NT's ``mean_and_var``."""
+    return (~mask).sum(axes).clamp(min=1)
 
 
 def _window_counts(size: int, window: int, stride: int, padding: str, like: torch.Tensor) -> torch.Tensor:
@@ -119,6 +134,7 @@ class _Pool(Layer):
     """Shared implementation of `AvgPool` and `SumPool`."""
 
     average = True
+    remask = True
 
     def __init__(
         self,
@@ -178,6 +194,11 @@ class _Pool(Layer):
                     f"with padding='VALID'; use padding='SAME' or a smaller window."
                 )
         return tuple(shape)
+
+    def mask(self, mask: torch.Tensor, input_shape: ShapeTree) -> torch.Tensor:
+        axes = self._axes(mask.ndim)
+        _check_channel_mask(self.name, mask, self.channel_axis)
+        return pool_mask(mask, axes, self.window_shape, self.strides, self.padding)
 
     def apply(self, params: Params, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         self.output_shape(tuple(x.shape))
@@ -292,30 +313,49 @@ class _GlobalPool(Layer):
         axes = _spatial_axes(self.name, len(input_shape), self.batch_axis, self.channel_axis)
         return tuple(s for i, s in enumerate(input_shape) if i not in axes)
 
-    def apply(self, params: Params, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def mask(self, mask: torch.Tensor, input_shape: ShapeTree) -> torch.Tensor:
+        _check_channel_mask(self.name, mask, self.channel_axis)
+        axes = _spatial_axes(self.name, mask.ndim, self.batch_axis, self.channel_axis)
+        return mask.all(dim=axes) if axes else mask
+
+    def apply(self, params: Params, x: torch.Tensor, mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         axes = _spatial_axes(self.name, x.ndim, self.batch_axis, self.channel_axis)
         if not axes:
             return x
-        return x.mean(axes) if self.average else x.sum(axes)
+        if not self.average:
+            return x.sum(axes)
+        if mask is None:
+            return x.mean(axes)
+        return x.sum(axes) / _unmasked_count(mask.expand(x.shape), axes)
 
     def propagate(self, k: Kernel, **kwargs: Any) -> Kernel:
         if not isinstance(k, Kernel):
             raise ValueError(f"{self.name}: expects a single input, got a list of {len(k)} branches.")
         check_kernel_axes(self.name, k, self.batch_axis, self.channel_axis)
 
-        def fn(t: torch.Tensor, batch_ndim: int) -> torch.Tensor:
+        m11, m12, m22 = mask_products(k)
+
+        def fn(t: torch.Tensor, batch_ndim: int, mask: torch.Tensor | None = None) -> torch.Tensor:
             axes = list(range(batch_ndim, t.ndim))
             if not self.average:
                 return t.sum(axes)
-            out = t.mean(axes)
+            # with masks (NT's mean_and_var): the sum over the unmasked location pairs' count
+            out = t.mean(axes) if mask is None else t.sum(axes) / _unmasked_count(mask.expand(t.shape), axes)
             if k.diagonal_spatial:  # off-diagonal covariances count as 0
                 out = out / math.prod(t.shape[batch_ndim:])
             return out
 
         ndim = len(k.shape1)
         batch_first = self.batch_axis % ndim < self.channel_axis % ndim
+        covs = map_covariances(k, fn)
+        if m12 is not None:
+            cov_batch = 1 if k.diagonal_batch else 2
+            covs["nngp"] = fn(k.nngp, 2, m12)
+            covs["ntk"] = k.ntk if k.ntk is None or k.ntk.ndim == 0 else fn(k.ntk, 2, m12)
+            covs["cov1"] = fn(k.cov1, cov_batch, m11)
+            covs["cov2"] = None if k.cov2 is None else fn(k.cov2, cov_batch, m22)
         return k.replace(
-            **map_covariances(k, fn),
+            **covs,
             batch_axis=0 if batch_first else 1,
             channel_axis=1 if batch_first else 0,
             is_reversed=False,
@@ -380,6 +420,9 @@ class Flatten(Layer):
             features = -1
         n = input_shape[b]
         return (n, features) if self.batch_axis_out == 0 else (features, n)
+
+    def mask(self, mask: torch.Tensor, input_shape: ShapeTree) -> torch.Tensor:
+        return self.apply((), mask.expand(input_shape))
 
     def apply(self, params: Params, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         x = torch.movedim(x, self.batch_axis % x.ndim, 0)

@@ -301,3 +301,23 @@ def add_on_spatial_diagonal(t: torch.Tensor, value: float, batch_ndim: int) -> t
         eye = eye.reshape(shape)
         mask = eye if mask is None else mask & eye
     return t + value * mask.to(t.dtype)
+
+
+def pool_mask(
+    mask: torch.Tensor, axes: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: str
+) -> torch.Tensor:
+    """The mask of a window op's outputs (neural-tangents' ``_pool_mask``).
+
+    Each output keeps the mask of its window's centre entry ``i s − lo + (k − 1) // 2``;
+    the mask is unchanged when the output has the input's shape.
+    """
+    sizes = [mask.shape[a] for a in axes]
+    outs = [output_size(n, k, s, "SAME" if padding == "CIRCULAR" else padding) for n, k, s in zip(sizes, window, strides)]
+    if outs == sizes:
+        return mask
+    index = [slice(None)] * mask.ndim
+    for a, n, k, s, o in zip(axes, sizes, window, strides, outs):
+        lo = 0 if padding == "VALID" else same_pads(n, k, s)[0]
+        start = -lo + (k - 1) // 2
+        index[a] = slice(start, start + 1 + (o - 1) * s, s)
+    return mask[tuple(index)]
