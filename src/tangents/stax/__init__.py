@@ -69,3 +69,15 @@ from ._pooling import Flatten as Flatten
 from ._pooling import GlobalAvgPool as GlobalAvgPool
 from ._pooling import GlobalSumPool as GlobalSumPool
 from ._pooling import SumPool as SumPool
+
+# Graphs, indexing and resizing
+from ._graph import Aggregate as Aggregate
+from ._linear_ops import DotGeneral as DotGeneral
+from ._linear_ops import ImageResize as ImageResize
+from ._linear_ops import Index as Index
+from ._linear_ops import Slice as Slice
+
+# Attention
+from ._attention import AttentionMechanism as AttentionMechanism
+from ._attention import GlobalSelfAttention as GlobalSelfAttention
+from ._attention import PositionalEmbedding as PositionalEmbedding
