@@ -48,6 +48,11 @@ class Net:
         unit_inputs: whether the inputs must have mean square exactly 1 per example, so the
             first pre-activations have unit variance (``Hermite`` assumes it).
         stochastic: whether ``apply_fn`` is random (``Dropout`` in train mode).
+        input_shape: the shape of one example: ``(D,)`` for the fully-connected networks,
+            ``(C, *spatial)`` (channels-first) for the spatial ones of `networks_spatial`.
+        diagonal_spatial: for spatial networks, whether ``kernel_fn(..., diagonal_spatial=True)``
+            is allowed (no layer needs location–location covariances) — ``None`` for
+            fully-connected networks, where the option does not apply.
         quadrature: whether the kernel comes from Gauss–Hermite quadrature
             (``ElementwiseNumerical`` and the activations built on it), whose error is not
             symmetric in (x1, x2): neural-tangents 0.6.5 gives a tanh network an NNGP with
@@ -62,6 +67,8 @@ class Net:
     unit_inputs: bool = False
     stochastic: bool = False
     quadrature: bool = False
+    input_shape: tuple[int, ...] = (D,)
+    diagonal_spatial: bool | None = None
 
     def __repr__(self) -> str:
         return f"Net({self.id})"
@@ -286,13 +293,15 @@ def ids(net: Net) -> str:
 
 
 def inputs(net: Net, n: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``(n, D)`` inputs with per-example mean squares between ~0.5 and ~1.5 (exactly 1 if
-    the network needs unit inputs), drawn from their own generator."""
+    """``(n, *net.input_shape)`` inputs (``(n, D)`` for FC networks) with per-example mean
+    squares between ~0.5 and ~1.5 (exactly 1 if the network needs unit inputs), drawn from
+    their own generator."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, D, generator=generator, dtype=torch.float64)
-    x = x / x.square().mean(-1, keepdim=True).sqrt()  # mean square 1
+    x = torch.randn((n, *net.input_shape), generator=generator, dtype=torch.float64)
+    dims = tuple(range(1, x.ndim))
+    x = x / x.square().mean(dims, keepdim=True).sqrt()  # mean square 1
     if not net.unit_inputs:
-        x = x * torch.linspace(0.7, 1.2, n, dtype=torch.float64)[:, None]
+        x = x * torch.linspace(0.7, 1.2, n, dtype=torch.float64).reshape((n,) + (1,) * len(dims))
     return x.to(dtype)
 
 

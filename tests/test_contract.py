@@ -147,8 +147,8 @@ def test_get_return_types(net: Net):
 @pytest.mark.parametrize("net", FINITE_NETWORKS, ids=ids)
 def test_module_forward_and_backward(net: Net):
     layer = net.build(WIDTH)
-    out_shape, _ = layer.init_fn(0, (-1, inputs(net, 1).shape[1]))
-    model = layer.to_module((-1, inputs(net, 1).shape[1]), seed=0)
+    out_shape, _ = layer.init_fn(0, (-1, *net.input_shape))
+    model = layer.to_module((-1, *net.input_shape), seed=0)
     x = _x1(net)
     y = model(x)
     assert y.shape == (N1,) + tuple(out_shape)[1:]
@@ -165,7 +165,7 @@ def test_module_forward_and_backward(net: Net):
 @pytest.mark.parametrize("net", [n for n in NETWORKS if not n.finite], ids=ids)
 def test_kernel_only_layers_refuse_the_finite_forward_pass(net: Net):
     layer = net.build(WIDTH)
-    _, params = layer.init_fn(0, (N1, inputs(net, 1).shape[1]))
+    _, params = layer.init_fn(0, (N1, *net.input_shape))
     with pytest.raises(NotImplementedError, match="finite"):
         layer.apply_fn(params, _x1(net))
 
