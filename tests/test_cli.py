@@ -18,7 +18,7 @@ pytest.importorskip("sklearn", reason="the digits dataset ships with scikit-lear
 
 from tangents.cli import main  # noqa: E402
 
-OPTIONS = ("--n-train", "--width", "--depth", "--steps", "--lr", "--seed", "--dtype", "--device", "--quiet")
+OPTIONS = ("--n-train", "--width", "--depth", "--steps", "--lr", "--seed", "--dtype", "--device", "--threads", "--json", "--quiet")
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
@@ -80,6 +80,12 @@ def test_stage_messages_without_quiet(capsys: pytest.CaptureFixture[str]) -> Non
     assert "[tangents] training width 8 for 2 steps" in err
 
 
+def test_threads_option_is_undone_after_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    before = torch.get_num_threads()
+    run_json(capsys, "--n-train", "20", "--width", "8", "--steps", "2", "--threads", "1")
+    assert torch.get_num_threads() == before
+
+
 def test_help_mentions_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -95,6 +101,7 @@ def test_help_mentions_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         (["--width", "0"], r"argument --width: expected a positive integer, got 0"),
         (["--depth", "two"], r"argument --depth: expected a positive integer, got 'two'"),
         (["--steps", "-1"], r"argument --steps: expected a non-negative integer, got -1"),
+        (["--threads", "-2"], r"argument --threads: expected a non-negative integer, got -2"),
         (["--n-train", "5000"], r"argument --n-train: expected between 2 and 1787"),
         (["--lr", "-0.1"], r"argument --lr: expected 'auto' or a positive number, got '-0.1'"),
         (["--dtype", "float16"], r"argument --dtype: invalid choice: 'float16'"),

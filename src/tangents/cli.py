@@ -236,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda if available, else cpu)",
     )
+    parser.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=1,
+        help="CPU threads for torch; 0 keeps torch's default (one per core). The default, 1, is "
+        "fastest on a shared machine: this job's matrices are small, and idle OpenMP threads "
+        "that spin-wait slow it down several-fold when other processes hold the cores "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     parser.add_argument(
         "--quiet", "-q", action="store_true", help="no progress bar or stage messages on stderr, only the report"
@@ -443,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         report = run(
             n_train=args.n_train,
@@ -458,5 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JobError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        torch.set_num_threads(previous_threads)  # main() may run inside a larger program
     print(json.dumps(dataclasses.asdict(report), indent=2) if args.json else report.to_text())
     return 0
