@@ -20,10 +20,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import configure_xla_threads  # noqa: E402
 from _rss import peak_mb, reset_peak, rss_mb  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+configure_xla_threads()  # one XLA thread unless the driver asked otherwise (BENCH_THREADS)
 
 
 def main() -> None:

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import NT_HOWTO, nt_python, run_worker, thread_env  # noqa: E402
+
 IMPLEMENTATIONS = {1: "JACOBIAN_CONTRACTION", 2: "NTK_VECTOR_PRODUCTS", 3: "STRUCTURED_DERIVATIVES"}
 W_STD, B_STD = 1.5, 0.05
 
@@ -138,23 +139,9 @@ def torch_worker(cfg: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def nt_python(arg: str | None) -> str | None:
-    candidates = [arg, os.environ.get("NT_PYTHON"), "/work/venv-nt/bin/python", str(HERE.parent / ".venv-nt/bin/python")]
-    for c in candidates:
-        if c and Path(c).exists():
-            return c
-    return None
-
-
 def run(cmd: list[str], timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh single-threaded process (see ``_common.run_worker``)."""
+    return run_worker(cmd, timeout, thread_env(1))
 
 
 def main() -> None:
@@ -172,8 +159,7 @@ def main() -> None:
 
     peer = nt_python(args.nt_python)
     if peer is None:
-        print("neural-tangents venv not found (pass --nt-python or set NT_PYTHON; see this script's "
-              "docstring to create it): reporting tangents alone.")
+        print(NT_HOWTO)
     names = args.cases or [c for c in CASES if not (args.quick and c == "mlp_n1024")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
