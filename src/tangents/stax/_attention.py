@@ -29,9 +29,15 @@ covariance R:
   with ⟨·,·⟩ the sum over all location pairs (the NTK follows by the product rule).
 
 Kernel layout as neural-tangents: ``(N1, N2, X, X', Y, Y', ...)``; the weighting needs the
-full location–location covariances (``Diagonal(input=NO)``). Masking (``mask1``/``mask2``)
-is not supported yet: masked logits would be set to −∞ (softmax) or 0 before φ, in
-`_attention_weights`.
+full location–location covariances (``Diagonal(input=NO)``).
+
+Masking (``mask_constant``, as neural-tangents): a location is masked when every channel
+is. Masked keys get logits −10²⁰ (softmax, so their weight is 0) or 0 (other mechanisms)
+before φ, at finite width and in G(x) above; positional embeddings are zeroed at masked
+entries (R at pairs with a masked location); the output mask is the input's reduced over
+channels, and output covariances involving a masked location are zeroed (``remask``).
+As in neural-tangents, the ``linear_scaling=False`` kernel uses the masks only through R
+(its weights involve no softmax over keys).
 
 Layout: tangents is channels-first, so ``channel_axis`` defaults to 1 (neural-tangents: -1).
 """
@@ -49,8 +55,14 @@ from .._kernel import Kernel
 from ._checks import check_number, check_std
 from ._dense import affine
 from ._layer import Layer, Params, ShapeTree
+from ._masking import mask_layout, mask_products
 from ._requirements import Bool, Diagonal, Requirements
 from ._spatial import check_kernel_axes, reverse_spatial
+
+
+#: The logit of a masked key under softmax (neural-tangents' ``_NEG_INF``: finite, so an
+#: example whose keys are all masked gets uniform weights rather than NaN).
+_NEG_INF = -1e20
 
 
 class AttentionMechanism(enum.Enum):
@@ -92,6 +104,15 @@ def _bool(layer: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{layer}: {name} must be True or False, got {value!r}.")
     return value
+
+
+def _location_mask(mask: torch.Tensor | None, c_axis: int) -> torch.Tensor | None:
+    """``mask`` ``(N, C, *S)`` as ``(N, 1, *S)`` if each location is masked in all or none of its
+    channels; ``None`` if some location is masked in some channels only."""
+    if mask is None or mask.shape[c_axis] == 1:
+        return mask
+    reduced = mask.all(dim=c_axis, keepdim=True)
+    return reduced if torch.equal(reduced, mask.any(dim=c_axis, keepdim=True)) else None
 
 
 def _mechanism_fn(mechanism: AttentionMechanism, logits: torch.Tensor) -> torch.Tensor:
@@ -220,6 +241,7 @@ class GlobalSelfAttention(Layer):
     """
 
     param_names = ("W_query", "W_key", "W_value", "W_out", "b", "pos_emb")
+    remask = True
 
     def __init__(
         self,
@@ -315,6 +337,15 @@ class GlobalSelfAttention(Layer):
         _, c, _ = self._axes(len(input_shape))
         return input_shape[:c] + (self.n_chan_out,) + input_shape[c + 1 :]
 
+    def mask(self, mask: torch.Tensor, input_shape: ShapeTree) -> torch.Tensor:
+        """A location of the output is masked iff every channel of it was: ``(N, 1, *S)``."""
+        _, c, _ = self._axes(mask.ndim)
+        return mask.all(dim=c, keepdim=True)
+
+    def _masked_logit(self) -> float:
+        """What a masked key's logit becomes before φ: −10²⁰ for softmax, else 0."""
+        return _NEG_INF if self.attention_mechanism == AttentionMechanism.SOFTMAX else 0.0
+
     def _check_sum_channels(self, n_chan_in: int) -> None:
         if self.pos_emb_type == PositionalEmbedding.SUM and self._n_pos_emb(n_chan_in) != n_chan_in:
             raise ValueError(
@@ -380,19 +411,38 @@ class GlobalSelfAttention(Layer):
             pos_emb = torch.movedim(moved, list(range(len(spatial_axes))), spatial_axes)
         return pos_emb * self.W_pos_emb_std
 
-    def apply(self, params: Params, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def _mask_embeddings(self, pe: torch.Tensor, mask: torch.Tensor, c_axis: int) -> torch.Tensor:
+        """Embeddings ``(1, C_pe, *S)`` zeroed where ``mask`` ``(N, C or 1, *S)`` is set: ``(N, C_pe, *S)``."""
+        if mask.shape[c_axis] != pe.shape[c_axis]:
+            mask = _location_mask(mask, c_axis)
+            if mask is None:
+                raise ValueError(
+                    f"GlobalSelfAttention: the input mask masks some but not all channels of a location, so "
+                    f"it cannot mask {pe.shape[c_axis]} positional-embedding channels (neural-tangents cannot "
+                    f"either); mask whole locations, use n_chan_pos_emb=None, or put a Dense/Conv layer first."
+                )
+        return torch.where(mask, pe.new_zeros(()), pe)
+
+    def apply(
+        self, params: Params, x: torch.Tensor, mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """The forward pass; ``mask`` ``(N, C or 1, *S)`` (``True`` = masked) as in neural-tangents."""
         W_query, W_key, W_value, W_out, b, pos_emb = params
-        if kwargs.get("mask") is not None:
-            # NT: masked embeddings are zeroed and masked key logits set to -inf (softmax) or 0.
-            raise NotImplementedError("GlobalSelfAttention: masked inputs are not supported at finite width yet.")
         b_axis, c_axis, spatial_axes = self._axes(x.ndim)
         spatial = tuple(x.shape[a] for a in spatial_axes)
         n = x.shape[b_axis]
+        if mask is not None and mask.ndim != x.ndim:
+            raise ValueError(
+                f"GlobalSelfAttention: the mask has shape {tuple(mask.shape)} but the input {tuple(x.shape)}; "
+                f"they must have the same number of axes."
+            )
         inputs_val = None
         if self.pos_emb_type != PositionalEmbedding.NONE:
             if pos_emb is None:
                 raise ValueError("GlobalSelfAttention: the parameters lack the positional embeddings.")
             pe = self._embeddings(pos_emb, spatial_axes, spatial)
+            if mask is not None:
+                pe = self._mask_embeddings(pe, mask, c_axis)
             if self.pos_emb_type == PositionalEmbedding.SUM:
                 self._check_sum_channels(x.shape[c_axis])
                 inputs_val = None if self.val_pos_emb else x
@@ -420,6 +470,9 @@ class GlobalSelfAttention(Layer):
         queries = keys if self.linear_scaling else torch.einsum("nlc,hck->hnlk", inputs, W_query)
         norm = inputs.shape[-1] * self.n_chan_key ** (1.0 if self.linear_scaling else 0.5)
         logits = queries @ keys.transpose(-1, -2) * (self.QK_std / norm)  # (H, N, L, L')
+        if mask is not None:  # a key is masked if all its channels are
+            key_mask = mask.all(dim=c_axis, keepdim=True).expand(x.shape[:c_axis] + (1,) + x.shape[c_axis + 1 :])
+            logits = logits.masked_fill(flat(key_mask).reshape(1, n, 1, -1), self._masked_logit())
         heads = _mechanism_fn(self.attention_mechanism, logits) @ values  # (H, N, L, V)
         heads = torch.movedim(heads, 0, -1).reshape(n, heads.shape[2], -1)  # (N, L, V·H), head fastest
         out = heads @ W_out * (self.OV_std / math.sqrt(self.n_chan_val * self.n_heads * values_in.shape[-1]))
@@ -451,13 +504,39 @@ class GlobalSelfAttention(Layer):
         R = positional_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, k.dtype, k.device)
         return reverse_spatial(R, 0, False) if k.is_reversed else R
 
-    def _attention_weights(self, cov: torch.Tensor | None, diagonal_batch: bool) -> torch.Tensor | None:
-        """G = φ(σ_QK Σ̃(x, x)) per example, ``(N, L, L')`` (softmax over L')."""
+    def _key_mask(self, k: Kernel, mask: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Masked key locations ``(N, L)`` (storage order) from an input mask ``(N, C or 1, *S)``
+        of inputs of ``shape`` (``k.shape1`` for ``mask1``, ``k.shape2`` for ``mask2``)."""
+        if mask is None:
+            return None
+        c = k.channel_axis % len(shape)
+        m = mask_layout(k, mask.all(dim=c, keepdim=True).expand(shape[:c] + (1,) + shape[c + 1 :]))
+        return m.reshape(m.shape[0], -1)
+
+    def _location_masks(self, k: Kernel) -> Kernel:
+        """``k`` with masks reduced to one channel (masked locations), for masking R."""
+        c = k.channel_axis % len(k.shape1)
+        m1, m2 = _location_mask(k.mask1, c), _location_mask(k.mask2, c)
+        if (m1 is None and k.mask1 is not None) or (m2 is None and k.mask2 is not None):
+            raise ValueError(
+                "GlobalSelfAttention: positional embeddings with inputs masked in some but not all channels of "
+                "a location have no infinite-width kernel (neural-tangents raises too); mask whole locations "
+                "(every channel), or put a Dense/Conv layer first."
+            )
+        return k.replace(mask1=m1, mask2=m2)
+
+    def _attention_weights(
+        self, cov: torch.Tensor | None, diagonal_batch: bool, key_mask: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """G = φ(σ_QK Σ̃(x, x)) per example, ``(N, L, L')`` (softmax over L'; masked keys L' as in NT)."""
         if cov is None:
             return None
         if not diagonal_batch:
             cov = torch.movedim(torch.diagonal(cov, 0, 0, 1), -1, 0)
-        return _mechanism_fn(self.attention_mechanism, self.QK_std * _flatten_pairs(cov, 1))
+        logits = _flatten_pairs(cov, 1)
+        if key_mask is not None:
+            logits = logits.masked_fill(key_mask[:, None, :], self._masked_logit())
+        return _mechanism_fn(self.attention_mechanism, self.QK_std * logits)
 
     def propagate(self, k: Kernel, **kwargs: Any) -> Kernel:
         if not isinstance(k, Kernel):
@@ -468,8 +547,6 @@ class GlobalSelfAttention(Layer):
                 "GlobalSelfAttention: needs the full location-location covariances, but the kernel stores "
                 "only their diagonal; compute it with diagonal_spatial=False."
             )
-        if k.mask1 is not None or k.mask2 is not None:
-            raise NotImplementedError("GlobalSelfAttention: masked inputs are not supported by the kernel yet.")
         if not self.linear_scaling and self.attention_mechanism != AttentionMechanism.IDENTITY:
             raise ValueError(
                 f"GlobalSelfAttention: the kernel with linear_scaling=False has no known closed form for "
@@ -480,14 +557,19 @@ class GlobalSelfAttention(Layer):
         cov_batch = 1 if k.diagonal_batch else 2
         a, p = self._interpolation_weights(k)
         R = self._positional(k)
+        # R is zero at pairs involving a masked location (the embeddings are zeroed there)
+        m11, m12, m22 = (None, None, None) if R is None else mask_products(self._location_masks(k))
 
-        def interp(t: torch.Tensor | None, batch_ndim: int) -> torch.Tensor | None:
+        def interp(t: torch.Tensor | None, batch_ndim: int, m: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or R is None:
                 return t
-            return a * t + p * R.reshape((1,) * batch_ndim + R.shape)
+            r = R.reshape((1,) * batch_ndim + R.shape)
+            if m is not None:
+                r = torch.where(m, r.new_zeros(()), r)
+            return a * t + p * r
 
-        cov1_i, cov2_i = interp(k.cov1, cov_batch), interp(k.cov2, cov_batch)
-        nngp_i, ntk_i = interp(k.nngp, 2), interp(k.ntk, 2)
+        cov1_i, cov2_i = interp(k.cov1, cov_batch, m11), interp(k.cov2, cov_batch, m22)
+        nngp_i, ntk_i = interp(k.nngp, 2, m12), interp(k.ntk, 2, m12)
         if self.linear_scaling:
             out = self._linear_scaling(k, cov1_i, cov2_i, nngp_i, ntk_i)
         else:
@@ -496,8 +578,8 @@ class GlobalSelfAttention(Layer):
 
     def _linear_scaling(self, k: Kernel, cov1_i, cov2_i, nngp_i, ntk_i) -> dict[str, Any]:  # noqa: ANN001
         """Σ' = σ_OV² G(x) Σ_V G(y)ᵀ + σ_b²,  Θ' = σ_OV² G(x) Θ_V G(y)ᵀ + σ_b² + 2 (Σ' − σ_b²)."""
-        G1 = self._attention_weights(cov1_i, k.diagonal_batch)
-        G2 = self._attention_weights(cov2_i, k.diagonal_batch)
+        G1 = self._attention_weights(cov1_i, k.diagonal_batch, self._key_mask(k, k.mask1, k.shape1))
+        G2 = self._attention_weights(cov2_i, k.diagonal_batch, self._key_mask(k, k.mask2, k.shape2))
         G2_or_G1 = G1 if G2 is None else G2
         use_interp = self.val_pos_emb
 
