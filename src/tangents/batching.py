@@ -113,7 +113,7 @@ def _split_kwargs(kwargs: dict[str, Any], rows1: slice, rows2: slice | None) -> 
     return out
 
 
-def _swap_pairs(t: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
+def swap_pairs(t: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
     """The (N2, N1, ...) transpose of an (N1, N2, ...) covariance: swap the batch axes and,
     for full spatial layouts, each interleaved pair (S, S')."""
     t = t.transpose(0, 1)
@@ -225,7 +225,7 @@ def _write(
     """Copies one tile into the preallocated results (and its mirror image if symmetric)."""
     if not holder:
         holder.append(tile)
-        _check_fits(tile, r1, r2, n1, n2, store_on_device)
+        check_fits(tile, r1, r2, n1, n2, store_on_device)
     diagonal_spatial = tile.diagonal_spatial if isinstance(tile, Kernel) else True
     if isinstance(tile, Kernel) and not tile.diagonal_batch:
         raise ValueError("batch: tiling kernels with diagonal_batch=False is not supported; use batch_size=0.")
@@ -246,7 +246,24 @@ def _write(
                 out[name] = t.new_empty((n1, n2) + tuple(t.shape[2:]))
             out[name][r1, r2] = t
             if symmetric and not on_diagonal:
-                out[name][r2, r1] = _swap_pairs(t, diagonal_spatial)
+                out[name][r2, r1] = swap_pairs(t, diagonal_spatial)
+    if isinstance(tile, Kernel):
+        _write_masks(out, tile, r1, r2, n1, n2, symmetric)
+
+
+def _write_masks(out: dict[str, Any], tile: Kernel, r1: slice, r2: slice, n1: int, n2: int, symmetric: bool) -> None:
+    """Copies a tile's output masks (``mask_constant``; finite layout, batch on ``batch_axis``)
+    into masks of all ``n1`` / ``n2`` examples (``mask2`` is ``None`` when ``x2=None``)."""
+    for name, rows, n in (("mask1", r1, n1), ("mask2", r2, n2)):
+        m = getattr(tile, name)
+        if m is None or (name == "mask2" and symmetric) or isinstance(m, (list, tuple)):
+            continue
+        axis = tile.batch_axis % m.ndim
+        if name not in out:
+            shape = list(m.shape)
+            shape[axis] = n
+            out[name] = m.new_empty(shape)
+        out[name].narrow(axis, rows.start, rows.stop - rows.start).copy_(m)
 
 
 def available_memory(device: torch.device) -> int:
@@ -274,7 +291,7 @@ def _format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _check_fits(tile: Any, r1: slice, r2: slice, n1: int, n2: int, store_on_device: bool) -> None:
+def check_fits(tile: Any, r1: slice, r2: slice, n1: int, n2: int, store_on_device: bool) -> None:
     """Raises before allocating results that cannot fit in memory."""
     pairs = (r1.stop - r1.start) * (r2.stop - r2.start)
     needed = 0
@@ -307,6 +324,8 @@ def _finish(out: dict[str, Any], first: Any, get: Any, analytic: bool, x2_none: 
             ntk=out.get("ntk"),
             cov1=out["cov1"],
             cov2=None if x2_none else out.get("cov2"),
+            mask1=out.get("mask1", first.mask1),
+            mask2=None if x2_none else out.get("mask2", first.mask2),
             shape1=tuple(shape1),
             shape2=tuple(shape2),
         )

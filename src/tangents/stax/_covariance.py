@@ -89,4 +89,8 @@ def with_exact_diagonal(k: Kernel, nngp: torch.Tensor, cov1: torch.Tensor) -> to
     """
     if not (k.x1_is_x2 and k.diagonal_batch and nngp.shape[0] == nngp.shape[1] and nngp.ndim == cov1.ndim + 1):
         return nngp
+    if torch.compiler.is_compiling():  # a select the compiler fuses into the layer's loop
+        rows = torch.arange(nngp.shape[0], device=nngp.device)
+        same = (rows[:, None] == rows[None, :]).reshape(nngp.shape[:2] + (1,) * (nngp.ndim - 2))
+        return torch.where(same, cov1.unsqueeze(0), nngp)
     return torch.diagonal_scatter(nngp, torch.movedim(cov1, 0, -1), 0, 0, 1)

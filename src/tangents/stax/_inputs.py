@@ -128,6 +128,11 @@ def input_variance(x: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
     return interleave(full, start=1) / channels
 
 
+def same_inputs(x1: torch.Tensor, x2: torch.Tensor | None) -> bool:
+    """Whether ``x2`` is ``None`` or holds exactly the inputs ``x1``."""
+    return x2 is None or x2 is x1 or (x1.shape == x2.shape and bool(torch.equal(x1, x2)))
+
+
 def inputs_to_kernel(
     x1: torch.Tensor,
     x2: torch.Tensor | None,
@@ -137,8 +142,13 @@ def inputs_to_kernel(
     compute_ntk: bool,
     batch_axis: int,
     channel_axis: int | None,
+    x1_is_x2: bool | None = None,
 ) -> Kernel:
-    """The `Kernel` of the raw inputs (validated by `as_input_tensors`)."""
+    """The `Kernel` of the raw inputs (validated by `as_input_tensors`).
+
+    ``x1_is_x2`` (default: compared here) says whether ``x2`` holds the same inputs as ``x1``;
+    compiled tiles pass it, as the comparison depends on the data.
+    """
     batch_axis %= x1.ndim
     shape1 = tuple(x1.shape)
     shape2 = shape1 if x2 is None else tuple(x2.shape)
@@ -146,7 +156,8 @@ def inputs_to_kernel(
         diagonal_spatial = False
     a = _standard_layout(x1, batch_axis, channel_axis)
     b = None if x2 is None else _standard_layout(x2, batch_axis, channel_axis)
-    x1_is_x2 = x2 is None or x2 is x1 or (x1.shape == x2.shape and bool(torch.equal(x1, x2)))
+    if x1_is_x2 is None:
+        x1_is_x2 = same_inputs(x1, x2)
     nngp = input_covariance(a, b, diagonal_spatial)
     if diagonal_batch:
         cov1 = input_variance(a, diagonal_spatial)
