@@ -103,7 +103,8 @@ def worker_kernel(cfg: dict) -> dict:
     torch, dtype = _torch_setup(cfg)
     net = build_ours(cfg["arch"])
     x = ours_inputs(cfg, dtype)
-    r = median_timing(lambda: net.kernel_fn(x, None, GET), cfg.get("repeats", 3),
+    compile_mode = cfg.get("compile")  # None: tangents' default (compiles only very large work)
+    r = median_timing(lambda: net.kernel_fn(x, None, GET, compile=compile_mode), cfg.get("repeats", 3),
                       max_total_s=cfg.get("max_total_s", 120.0))
     k = r.pop("result")
     if cfg.get("out"):
@@ -250,6 +251,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help=f"subset of {list(NETS)}")
     parser.add_argument("--sizes", nargs="*", type=int, default=None, help="N values for the --only workloads")
     parser.add_argument("--no-ref", action="store_true", help="skip the fused-elementwise reference")
+    parser.add_argument("--no-compile", action="store_true", help="skip tangents' kernel_fn(..., compile=True)")
     parser.add_argument("--dtypes", nargs="*", default=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     parser.add_argument("--nt-python", default=None, help="python of the neural-tangents venv")
@@ -300,6 +302,10 @@ def main() -> None:
             tag = f"{job['name']}_{job['n']}_{job['dtype']}"
             row = {**job, "load_before": load_average()}
             row["tangents"] = run_worker(me + [json.dumps({**cfg, "out": f"{tmp}/ours_{tag}.npz"})], args.timeout, env)
+            if not args.no_compile:
+                row["compiled"] = run_worker(me + [json.dumps({**cfg, "compile": True, "out": f"{tmp}/comp_{tag}.npz"})],
+                                             args.timeout, env)
+                row["compiled_rel_diff"] = _corner_diff(Path(f"{tmp}/comp_{tag}.npz"), Path(f"{tmp}/ours_{tag}.npz"))
             if peer and job["nt"]:
                 row["nt"] = run_worker([peer, str(HERE / "_nt_kernels.py"), json.dumps({**cfg, "out": f"{tmp}/nt_{tag}.npz"})],
                                        args.timeout, env)
@@ -326,7 +332,8 @@ def main() -> None:
 
 
 def _line(r: dict) -> str:
-    s = (f"{r['name']:<8} N={r['n']:<5} {r['dtype']}: tangents {fmt_s(r['tangents'])} s, NT {fmt_s(r.get('nt'))} s "
+    s = (f"{r['name']:<8} N={r['n']:<5} {r['dtype']}: tangents {fmt_s(r['tangents'])} s, compiled "
+         f"{fmt_s(r.get('compiled'))} s (first {fmt_s(r.get('compiled'), 'first_s')} s), NT {fmt_s(r.get('nt'))} s "
          f"(load {r['load_before']})")
     if "ref" in r:
         s += f", ref {fmt_s(r['ref'])} s"
@@ -335,20 +342,22 @@ def _line(r: dict) -> str:
 
 def report(rows: list[dict], fresh: dict | None = None) -> str:
     """Markdown tables of a results list (also used by ``--table FILE``)."""
-    head = ["workload", "N", "dtype", "tangents (s)", "NT (s)", "NT/tangents", "CPU s tangents / NT", "tangents 1st call (s)",
-            "NT 1st call (s)", "tangents peak (MiB)", "NT peak (MiB)", "max rel. diff", "load 1 min"]
+    head = ["workload", "N", "dtype", "tangents (s)", "compiled (s)", "NT (s)", "NT/tangents", "NT/compiled",
+            "1st call: tangents / compiled / NT (s)", "peak MiB: tangents / compiled / NT", "rel. diff vs NT",
+            "load 1 min"]
     body = []
     for r in rows:
-        ours, nt = r.get("tangents"), r.get("nt")
+        ours, comp, nt = r.get("tangents"), r.get("compiled"), r.get("nt")
         diff = f"{r['max_rel_diff']:.1e}" if r.get("max_rel_diff") is not None else "-"
-        cpu = f"{fmt_s(ours, 'cpu_s')} / {fmt_s(nt, 'cpu_s')}"
-        body.append([r["name"], r["n"], r["dtype"], fmt_s(ours), fmt_s(nt), ratio(nt, ours), cpu, fmt_s(ours, "first_s"),
-                     fmt_s(nt, "first_s"), fmt_mb(ours), fmt_mb(nt), diff, r["load_before"].split()[0]])
+        first = f"{fmt_s(ours, 'first_s')} / {fmt_s(comp, 'first_s')} / {fmt_s(nt, 'first_s')}"
+        peak = f"{fmt_mb(ours)} / {fmt_mb(comp)} / {fmt_mb(nt)}"
+        body.append([r["name"], r["n"], r["dtype"], fmt_s(ours), fmt_s(comp), fmt_s(nt), ratio(nt, ours), ratio(nt, comp),
+                     first, peak, diff, r["load_before"].split()[0]])
     text = markdown_table(head, body)
     fc = [r for r in rows if "ref" in r]
     if fc:
         head = ["N", "dtype", "GEMM alone (s)", "GEMM + fused elementwise (s)", "its compile (s)", "tangents (s)",
-                "tangents/ref (target <= 1.3)", "NT/ref", "ref vs tangents rel. diff"]
+                "tangents/ref", "compiled (s)", "compiled/ref (target <= 1.3)", "NT/ref", "ref vs tangents rel. diff"]
         body = []
         for r in fc:
             ref = r["ref"]
@@ -356,7 +365,8 @@ def report(rows: list[dict], fresh: dict | None = None) -> str:
             tr = ratio(r["tangents"], ref)
             nr = ratio(r.get("nt"), ref)
             d = f"{r['ref_rel_diff']:.1e}" if r.get("ref_rel_diff") is not None else "-"
-            body.append([r["n"], r["dtype"], rt, fmt_s(ref), fmt_s(ref, "first_s"), fmt_s(r["tangents"]), tr, nr, d])
+            body.append([r["n"], r["dtype"], rt, fmt_s(ref), fmt_s(ref, "first_s"), fmt_s(r["tangents"]), tr,
+                         fmt_s(r.get("compiled")), ratio(r.get("compiled"), ref), nr, d])
         text += "\n\nFC reference (x @ x.T + one torch.compile'd elementwise pass):\n\n" + markdown_table(head, body)
     if fresh:
         body = []
