@@ -18,7 +18,7 @@ Run::
     /work/venv/bin/python benchmarks/empirical.py            # all cases
     /work/venv/bin/python benchmarks/empirical.py --quick    # skip N = 1024
 
-It prints a table and writes ``benchmarks/empirical.json``.
+It prints a table and writes ``benchmarks/results/empirical.json``.
 
 The peer. neural-tangents runs in its own virtual environment (never a dependency of
 tangents). Create it once with::
@@ -182,7 +182,7 @@ def main() -> None:
                         row["max_rel_diff"] = float(np.abs(a - b).max() / np.abs(b).max())
                 rows.append(row)
                 print(_format_row(row), flush=True)
-    out = HERE / "empirical.json"
+    out = HERE / "results" / "empirical.json"
     out.write_text(json.dumps({"dtype": args.dtype, "threads": 1, "rows": rows}, indent=1))
     print()
     print(table(rows))
