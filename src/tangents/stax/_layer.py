@@ -325,7 +325,8 @@ def _auto_tile_size(
 
     Large kernels are tiled for speed (cache-sized tiles) and, when one tile's
     intermediates per pair of inputs are large (spatial covariances), so that the peak
-    memory stays within a quarter of what is free.
+    memory stays within a quarter of what is free (shared by the threads that compute tiles
+    in parallel on the CPU).
     """
     if isinstance(x1, (list, tuple)) or not diagonal_batch:
         return None
@@ -337,6 +338,8 @@ def _auto_tile_size(
         per_pair *= d if diagonal_spatial else d * d
     pair_bytes = per_pair * x1.element_size() * _LIVE_TENSORS
     budget = available_memory(x1.device) // 4
+    if x1.device.type == "cpu":  # tiles run in parallel threads, each with its intermediates
+        budget //= max(1, torch.get_num_threads())
     if per_pair == 1:
         tile = _CACHE_TILE
     else:
