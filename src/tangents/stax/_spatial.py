@@ -111,6 +111,15 @@ def pad(x: torch.Tensor, axes: Sequence[int], pads: Pads, circular: bool) -> tor
     return x
 
 
+def _zero_pad(x: torch.Tensor, pads: dict[int, tuple[int, int]]) -> torch.Tensor:
+    """``x`` padded with zeros by ``(lo, hi)`` along each axis in ``pads`` (functional)."""
+    spec = [0] * (2 * x.ndim)  # constant_pad_nd lists (lo, hi) from the last axis backwards
+    for axis, (lo, hi) in pads.items():
+        back = x.ndim - 1 - axis % x.ndim
+        spec[2 * back], spec[2 * back + 1] = lo, hi
+    return torch.constant_pad_nd(x, spec) if any(spec) else x
+
+
 def _strided(x: torch.Tensor, axis: int, start: int, count: int, stride: int) -> torch.Tensor:
     """``x[..., start : start + stride (count − 1) + 1 : stride, ...]`` along ``axis``."""
     index = [slice(None)] * x.ndim
@@ -159,6 +168,10 @@ def window_sum(
     for axis, k, s, p in zip(axes, window, strides, pads):
         n = x.shape[axis]
         count = _out_count(n, k, s, p, "window")
+        if torch.compiler.is_compiling():  # a sum of shifted views, fused into one loop
+            padded = _zero_pad(x, {axis: p})
+            x = sum(_strided(padded, axis, t, count, s) for t in range(k))
+            continue
         shape = list(x.shape)
         shape[axis] = count
         out = x.new_zeros(shape)
@@ -168,6 +181,17 @@ def window_sum(
                 out.narrow(axis, r[0], r[2]).add_(_strided(x, axis, r[1], r[2], s))
         x = out
     return x
+
+
+def _empty_like_layout(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` whose axes are ordered in memory as ``x``'s.
+
+    Covariances are often permuted views (`reverse_spatial`); results stored in the same
+    order keep every later pass reading and writing memory sequentially.
+    """
+    order = sorted(range(x.ndim), key=lambda a: (-x.stride(a), a))
+    out = x.new_empty([shape[a] for a in order])
+    return out.permute([order.index(a) for a in range(x.ndim)])
 
 
 def diagonal_window_sum(
@@ -183,13 +207,25 @@ def diagonal_window_sum(
     n1, n2 = x.shape[axis1], x.shape[axis2]
     c1 = _out_count(n1, window, stride, pads, "filter")
     c2 = _out_count(n2, window, stride, pads, "filter")
+    if torch.compiler.is_compiling():  # a sum of shifted views, fused into one loop
+        padded = _zero_pad(x, {axis1: pads, axis2: pads})
+        return sum(
+            _strided(_strided(padded, axis1, t, c1, stride), axis2, t, c2, stride) for t in range(window)
+        )
+    ranges = [(_tap_range(n1, c1, t, stride, pads[0]), _tap_range(n2, c2, t, stride, pads[0])) for t in range(window)]
+    # a tap that reaches every output (the centre one, for SAME) initialises the sum: one
+    # pass fewer than zero-filling, and the same sum (addition commutes)
+    first = next((t for t, (r1, r2) in enumerate(ranges) if r1 and r2 and r1[2] == c1 and r2[2] == c2), None)
     shape = list(x.shape)
     shape[axis1], shape[axis2] = c1, c2
-    out = x.new_zeros(shape)
-    for t in range(window):
-        r1 = _tap_range(n1, c1, t, stride, pads[0])
-        r2 = _tap_range(n2, c2, t, stride, pads[0])
-        if r1 is None or r2 is None:
+    out = _empty_like_layout(x, shape)
+    if first is None:
+        out.zero_()
+    else:
+        (_, p1, _), (_, p2, _) = ranges[first]
+        out.copy_(_strided(_strided(x, axis1, p1, c1, stride), axis2, p2, c2, stride))
+    for t, (r1, r2) in enumerate(ranges):
+        if r1 is None or r2 is None or t == first:
             continue
         target = out.narrow(axis1, r1[0], r1[2]).narrow(axis2, r2[0], r2[2])
         target.add_(_strided(_strided(x, axis1, r1[1], r1[2], stride), axis2, r2[1], r2[2], stride))
