@@ -115,6 +115,11 @@ def test_compile_none_compiles_only_large_work(monkeypatch: pytest.MonkeyPatch) 
     k = net.kernel_fn(x, None)
     assert len(calls) == 1
     torch.testing.assert_close(k.nngp, net.kernel_fn(x, None, compile=False).nngp)
+    # spatial kernels are compiled only on request, however large
+    monkeypatch.setattr(compiled_module, "AUTO_COMPILE_WORK", 0)
+    conv = stax.serial(stax.Conv(4, (3,), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
+    conv.kernel_fn(torch.randn(3, 2, 5), None)
+    assert len(calls) == 1
 
 
 def test_calls_that_cannot_be_compiled_run_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,8 @@ per entry for a ReLU MLP on a CPU.
 
 Compiling costs seconds (per network, dtype, device and tile shape; inductor caches its code
 on disk, so later processes pay less), so it is done when asked for,
-``kernel_fn(x1, x2, compile=True)``, or, with the default ``compile=None``, when the eager
-work is estimated to take much longer than compiling. Tiles are padded to one fixed size so
+``kernel_fn(x1, x2, compile=True)``, or, with the default ``compile=None``, for
+fully-connected kernels whose eager work is estimated to take much longer than compiling. Tiles are padded to one fixed size so
 that one compiled program serves all of them. If compiling fails (no C++ compiler, an
 unsupported operation), the tile is computed eagerly and a warning says so once.
 """
@@ -37,9 +37,10 @@ if TYPE_CHECKING:
 
 #: Rows per compiled FC tile: big enough that OpenMP threads share each fused loop well.
 COMPILED_TILE = 512
-#: ``compile=None`` compiles when the eager work (entries × layers) exceeds this, about half
-#: a minute of eager computation on one core, well above a compile's cost.
-AUTO_COMPILE_WORK = 2e9
+#: ``compile=None`` compiles fully-connected kernels whose eager work (entries × layers)
+#: exceeds this: about half a minute of eager computation on two cores, several times a
+#: compile's cost (measured: ~8.5 ns per entry and layer eager, 6-10 s to compile).
+AUTO_COMPILE_WORK = 3e9
 
 _PROGRAMS: weakref.WeakKeyDictionary[Layer, dict[tuple, TileProgram]] = weakref.WeakKeyDictionary()
 
@@ -50,8 +51,13 @@ def leaf_count(layer: Layer) -> int:
 
 
 def worth_compiling(layer: Layer, n_pairs: int, entries_per_pair: int) -> bool:
-    """Whether the eager work of ``n_pairs`` input pairs is large enough to pay for a compile."""
-    return n_pairs * entries_per_pair * leaf_count(layer) > AUTO_COMPILE_WORK
+    """Whether the eager work of ``n_pairs`` input pairs is large enough to pay for a compile.
+
+    Only fully-connected kernels (one entry per pair) qualify: compiled spatial kernels are
+    not yet faster than eager ones (within ±10 % on a 3-layer CNN) and take far longer to
+    compile, so they are compiled only on request (``compile=True``).
+    """
+    return entries_per_pair == 1 and n_pairs * leaf_count(layer) > AUTO_COMPILE_WORK
 
 
 def can_compile(x1: Any, x2: Any, kwargs: dict[str, Any], masked: bool) -> bool:

@@ -170,7 +170,8 @@ class Layer:
             compile: compute the kernel with ``torch.compile``: the whole recursion of each
                 tile fused into a few loops (several times faster per entry, after a compile
                 of seconds per network, dtype and tile shape). ``None`` (default) compiles
-                when the eager work would take much longer than compiling; ``True``
+                fully-connected kernels whose eager work would take much longer than
+                compiling (tens of seconds); ``True``
                 whenever the call allows it (single tensor inputs, no masks, no
                 per-example layer arguments, no gradients); ``False`` never.
             **kwargs: passed to every layer (e.g. ``pattern`` for graph layers).
