@@ -317,6 +317,9 @@ def _children_for_params(layer: Layer) -> Sequence[Layer]:
 _CACHE_TILE = 256
 #: Tensors of one tile's size alive at once (inputs, outputs and temporaries), for sizing.
 _LIVE_TENSORS = 24
+#: Spatial kernels with at least this many entries per pair of inputs use the symmetry of
+#: ``x2=None`` by tiles even when they would fit at once.
+_SYMMETRY_MIN_ENTRIES = 4096
 
 
 def _auto_tile_size(
@@ -345,6 +348,9 @@ def _auto_tile_size(
         tile = _CACHE_TILE
     else:
         tile = max(1, int((budget / pair_bytes) ** 0.5))
+        if x2 is None and per_pair >= _SYMMETRY_MIN_ENTRIES and n1 >= 4:
+            # at least 2 x 2 tiles: the upper triangle is 3/4 of the pairs (and runs in parallel)
+            return min(tile, -(-n1 // 2))
     if n1 * n2 <= 2 * tile * tile:
         return None
     return tile
