@@ -191,7 +191,7 @@ def _conv_local(width: int, out: int = OUT) -> stax.Layer:
     )
 
 
-@_spatial("conv_local_relu_local_gap", SHAPE_2D, diagonal_spatial=True, depth=2, mc_width=128)
+@_spatial("conv_local_relu_local_gap", SHAPE_2D, diagonal_spatial=True, depth=2, mc_width=64)
 def _conv_local_gap(width: int, out: int = OUT) -> stax.Layer:
     # A ConvLocal output has zero off-diagonal location covariances, so global pooling
     # right after it is exact with diagonal storage (Diagonal(input=MAYBE)).

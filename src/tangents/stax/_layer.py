@@ -317,9 +317,8 @@ def _children_for_params(layer: Layer) -> Sequence[Layer]:
 _CACHE_TILE = 256
 #: Tensors of one tile's size alive at once (inputs, outputs and temporaries), for sizing.
 _LIVE_TENSORS = 24
-#: Spatial kernels with at least this many entries per pair of inputs use the symmetry of
-#: ``x2=None`` by tiles even when they would fit at once.
-_SYMMETRY_MIN_ENTRIES = 4096
+#: Bytes of one covariance tensor of a spatial tile (the tile's pairs × entries per pair).
+_SPATIAL_TILE_BYTES = 4 * 2**20
 
 
 def _auto_tile_size(
@@ -347,10 +346,14 @@ def _auto_tile_size(
     if per_pair == 1:
         tile = _CACHE_TILE
     else:
-        tile = max(1, int((budget / pair_bytes) ** 0.5))
-        if x2 is None and per_pair >= _SYMMETRY_MIN_ENTRIES and n1 >= 4:
-            # at least 2 x 2 tiles: the upper triangle is 3/4 of the pairs (and runs in parallel)
-            return min(tile, -(-n1 // 2))
+        # Spatial covariances: tiles of a few MB per tensor, so that each layer's dozen passes
+        # stay in cache and tiles run in parallel (and x2=None computes the upper triangle);
+        # smaller still if memory is short. CNN 16x16, N=20, float64: 1.3 s in tiles of 3
+        # examples against 3.4 s in two halves (measured on 2 cores).
+        memory_tile = max(1, int((budget / pair_bytes) ** 0.5))
+        cache_tile = max(1, int((_SPATIAL_TILE_BYTES / (per_pair * x1.element_size())) ** 0.5))
+        tile = min(memory_tile, cache_tile)
+        return None if max(n1, n2) <= tile else tile
     if n1 * n2 <= 2 * tile * tile:
         return None
     return tile
