@@ -428,7 +428,10 @@ class _Conv(Layer):
         unscaled = k.replace(**map_covariances(k, fn))
         fan_in = self._fan_in(k.shape1) / self.s[0]
         if self.shared_weights or k.diagonal_spatial:
-            out = affine_kernel(unscaled, self.W_std, self.b_std, self.parameterization, fan_in)
+            # the window sums are new tensors (the mapped ones, at least): scaled in place
+            fresh = all(getattr(unscaled, f) is not getattr(k, f) for f in ("nngp", "ntk", "cov1", "cov2")
+                        if getattr(k, f) is not None and getattr(k, f).ndim > 0)
+            out = affine_kernel(unscaled, self.W_std, self.b_std, self.parameterization, fan_in, in_place=fresh)
         else:
             out = self._local_affine(unscaled, fan_in)
         if full_shared:  # NT stores the result in reverse spatial order

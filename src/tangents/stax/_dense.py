@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from .._kernel import Kernel
+from .._numerics import differentiable
 from ._checks import check_parameterization, check_std
 from ._layer import Layer, Params, ShapeTree
 from ._requirements import Diagonal, Requirements
@@ -22,7 +23,7 @@ def affine(cov: torch.Tensor | None, W_std: float, b_std: float | None) -> torch
 
 
 def affine_kernel(
-    k: Kernel, W_std: float, b_std: float | None, parameterization: str, fan_in: float
+    k: Kernel, W_std: float, b_std: float | None, parameterization: str, fan_in: float, *, in_place: bool = False
 ) -> Kernel:
     r"""The kernel after a random affine layer with ``fan_in`` inputs per output.
 
@@ -30,7 +31,13 @@ def affine_kernel(
     Standard parameterization: Σ' = σ_W² Σ + σ_b²,   Θ' = n Σ + σ_W² Θ (+ 1 with a bias),
     where n = ``fan_in`` is the width of the layer's input (its weights are trained at
     unit learning-rate scale, so the NTK grows with the width).
+
+    ``in_place``: ``k``'s covariances are new tensors only the caller holds (a convolution's
+    window sums): they are scaled in place, two passes and no allocation each, when nothing
+    is differentiated or compiled.
     """
+    if in_place and _updatable_in_place(k):
+        return _affine_kernel_in_place(k, W_std, b_std, parameterization, fan_in)
     ntk = k.ntk
     if parameterization == "ntk":
         nngp = affine(k.nngp, W_std, b_std)
@@ -50,6 +57,39 @@ def affine_kernel(
         is_gaussian=True,
         is_input=False,
     )
+
+
+def _updatable_in_place(k: Kernel) -> bool:
+    tensors = [t for t in (k.nngp, k.ntk, k.cov1, k.cov2) if t is not None]
+    distinct = len({id(t) for t in tensors}) == len(tensors)
+    return distinct and k.nngp.ndim > 0 and not torch.compiler.is_compiling() and not differentiable(*tensors)
+
+
+def _affine_kernel_in_place(
+    k: Kernel, W_std: float, b_std: float | None, parameterization: str, fan_in: float
+) -> Kernel:
+    """`affine_kernel` updating ``k``'s (caller-owned) covariances in place."""
+    w2 = W_std**2
+
+    def scale(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        t.mul_(w2)
+        return t if b_std is None else t.add_(b_std**2)
+
+    ntk = k.ntk
+    if ntk is not None and ntk.ndim == 0:  # the raw inputs' zero NTK: a scalar, not in place
+        ntk = w2 * ntk
+    elif ntk is not None:
+        ntk.mul_(w2)
+    if parameterization != "ntk" and ntk is not None:  # Θ' = n Σ + σ_W² Θ (+ 1), before Σ changes
+        ntk = ntk.add_(k.nngp, alpha=fan_in) if ntk.ndim else ntk + fan_in * k.nngp
+        if b_std is not None:
+            ntk = ntk.add_(1.0)
+    nngp = scale(k.nngp)
+    if parameterization == "ntk" and ntk is not None:  # Θ' = Σ' + σ_W² Θ
+        ntk = ntk.add_(nngp) if ntk.ndim else nngp + ntk
+    return k.replace(nngp=nngp, ntk=ntk, cov1=scale(k.cov1), cov2=scale(k.cov2), is_gaussian=True, is_input=False)
 
 
 class Dense(Layer):
