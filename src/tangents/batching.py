@@ -133,11 +133,19 @@ def tiled(
     progress: bool | None,
     kwargs: dict[str, Any],
     analytic: bool,
+    *,
+    parallel: bool = True,
+    mirrors: bool = False,
 ) -> Any:
     """Computes ``kernel_fn(x1, x2, get, **kwargs)`` in ``(b, b)`` tiles (see module doc).
 
     ``analytic``: ``kernel_fn`` returns `Kernel`s for ``get=None`` (then ``x2=None`` uses
     symmetry); otherwise it is called with ``get`` and returns tensors or named tuples.
+    ``parallel``: analytic CPU tiles may run in parallel threads (one intra-op thread each);
+    ``False`` runs them in turn with all threads (compiled tiles).
+    ``mirrors``: ``kernel_fn`` also takes ``mirror=`` and returns ``(tile, mirrored)``, where
+    ``mirrored`` maps ``"nngp"``/``"ntk"`` to the transposed tile it computed for the other
+    triangle of a symmetric kernel (compiled tiles write it in the same fused loop).
     """
     symmetric = x2 is None and analytic
     n1 = _leading(x1)
@@ -151,13 +159,18 @@ def tiled(
         i, j = tile
         r1, r2 = slice(i, min(i + b, n1)), slice(j, min(j + b, n2))
         xa = _slice(x1, r1)
-        if x2 is None and i == j:
-            result = kernel_fn(xa, None, inner_get, **_split_kwargs(kwargs, r1, None))
+        on_diagonal = x2 is None and i == j
+        if on_diagonal:
+            xb, tile_kwargs = None, _split_kwargs(kwargs, r1, None)
         else:
             xb = _slice(x1 if x2 is None else x2, r2)
             tile_kwargs = _split_kwargs(kwargs, r1, r2) if x2 is not None else _split_kwargs_self(kwargs, r1, r2)
+        mirrored: dict[str, torch.Tensor] = {}
+        if mirrors:
+            result, mirrored = kernel_fn(xa, xb, inner_get, mirror=symmetric and not on_diagonal, **tile_kwargs)
+        else:
             result = kernel_fn(xa, xb, inner_get, **tile_kwargs)
-        _write(out, result_holder, result, r1, r2, n1, n2, symmetric, x2 is None and i == j, store_on_device)
+        _write(out, result_holder, result, r1, r2, n1, n2, symmetric, on_diagonal, store_on_device, mirrored)
 
     out: dict[str, Any] = {}
     result_holder: list[Any] = []
@@ -166,7 +179,7 @@ def tiled(
     compute(tiles[0])  # allocates the results
     bar.update()
     workers = torch.get_num_threads()
-    if analytic and workers > 1 and len(tiles) > 2 and _first_tensor(x1).device.type == "cpu":
+    if analytic and parallel and workers > 1 and len(tiles) > 2 and _first_tensor(x1).device.type == "cpu":
         # Tiles in parallel, one thread each, rather than many small multi-threaded ops per
         # tile: the latter stall on every op's thread barrier when cores are shared.
         torch.set_num_threads(1)
@@ -221,11 +234,13 @@ def _write(
     symmetric: bool,
     on_diagonal: bool,
     store_on_device: bool,
+    mirrored: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Copies one tile into the preallocated results (and its mirror image if symmetric)."""
+    """Copies one tile into the preallocated results (and its mirror image if symmetric:
+    ``mirrored``'s precomputed transpose, or the tile transposed here)."""
     if not holder:
         holder.append(tile)
-        check_fits(tile, r1, r2, n1, n2, store_on_device)
+        _check_fits(tile, r1, r2, n1, n2, store_on_device)
     diagonal_spatial = tile.diagonal_spatial if isinstance(tile, Kernel) else True
     if isinstance(tile, Kernel) and not tile.diagonal_batch:
         raise ValueError("batch: tiling kernels with diagonal_batch=False is not supported; use batch_size=0.")
@@ -246,7 +261,10 @@ def _write(
                 out[name] = t.new_empty((n1, n2) + tuple(t.shape[2:]))
             out[name][r1, r2] = t
             if symmetric and not on_diagonal:
-                out[name][r2, r1] = swap_pairs(t, diagonal_spatial)
+                mirror = (mirrored or {}).get(name)
+                if mirror is None:
+                    mirror = swap_pairs(t, diagonal_spatial)
+                out[name][r2, r1] = mirror if store_on_device else mirror.cpu()
     if isinstance(tile, Kernel):
         _write_masks(out, tile, r1, r2, n1, n2, symmetric)
 
@@ -291,7 +309,7 @@ def _format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def check_fits(tile: Any, r1: slice, r2: slice, n1: int, n2: int, store_on_device: bool) -> None:
+def _check_fits(tile: Any, r1: slice, r2: slice, n1: int, n2: int, store_on_device: bool) -> None:
     """Raises before allocating results that cannot fit in memory."""
     pairs = (r1.stop - r1.start) * (r2.stop - r2.start)
     needed = 0

@@ -26,10 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tqdm.auto import tqdm
-
 from .._kernel import Kernel
-from ..batching import check_fits, swap_pairs
+from ..batching import swap_pairs, tiled
 from ._inputs import inputs_to_kernel, same_inputs
 
 if TYPE_CHECKING:
@@ -131,48 +129,12 @@ class TileProgram:
             tile = COMPILED_TILE
         if tile is None or n1 * n2 <= tile * tile or not self.options["diagonal_batch"]:
             return self(x1, x2)[0]
-        symmetric = x2 is None
         rows1, rows2 = (tile if n1 > tile else None), (tile if n2 > tile else None)
-        tiles = [(i, j) for i in range(0, n1, tile) for j in range(0, n2, tile) if not (symmetric and j < i)]
-        out: dict[str, torch.Tensor] = {}
-        first: Kernel | None = None
-        bar = tqdm(total=len(tiles), desc="kernel tiles", delay=2.0, leave=False)
-        for i, j in tiles:
-            r1, r2 = slice(i, min(i + tile, n1)), slice(j, min(j + tile, n2))
-            a = x1.narrow(batch_axis, i, r1.stop - i)
-            if symmetric and i == j:
-                k, mirrored = self(a, None, rows1)
-            else:
-                b = (x1 if symmetric else x2).narrow(batch_axis, j, r2.stop - j)
-                k, mirrored = self(a, b, rows1, rows1 if symmetric else rows2, mirror=symmetric)
-            if first is None:
-                first = k
-                check_fits(k, r1, r2, n1, n2, True)
-            for name in ("nngp", "ntk"):
-                t = getattr(k, name)
-                if t is None or t.ndim == 0:
-                    out[name] = t
-                    continue
-                if name not in out:
-                    out[name] = t.new_empty((n1, n2) + tuple(t.shape[2:]))
-                out[name][r1, r2] = t
-                if name in mirrored:
-                    out[name][r2, r1] = mirrored[name]
-            for name, rows, n in (("cov1", r1, n1), ("cov2", r2, n2)):
-                t = getattr(k, name)
-                if t is not None:
-                    if name not in out:
-                        out[name] = t.new_empty((n,) + tuple(t.shape[1:]))
-                    out[name][rows] = t
-            bar.update()
-        bar.close()
-        assert first is not None
-        shape1, shape2 = list(first.shape1), list(first.shape2)
-        shape1[first.batch_axis], shape2[first.batch_axis] = n1, n2
-        return first.replace(
-            nngp=out["nngp"], ntk=out.get("ntk"), cov1=out["cov1"], cov2=None if symmetric else out.get("cov2"),
-            shape1=tuple(shape1), shape2=tuple(shape2),
-        )
+
+        def tile_kernel(a: torch.Tensor, b: torch.Tensor | None, get: Any, mirror: bool) -> tuple[Kernel, dict]:
+            return self(a, b, rows1, rows2, mirror=mirror)
+
+        return tiled(tile_kernel, x1, x2, None, tile, True, None, {}, analytic=True, parallel=False, mirrors=True)
 
     def __call__(
         self,
