@@ -65,6 +65,23 @@ def relative_error(ours: Any, ref: np.ndarray, finite_only: bool = False) -> flo
     return float(np.abs(ours[mask] - ref[mask]).max() / scale)
 
 
+def assert_kernels_match(
+    kernel_fn: Any, x1: torch.Tensor, x2: torch.Tensor | None, nngp: np.ndarray, ntk: np.ndarray, tol: float, **kwargs: Any
+) -> None:
+    """``kernel_fn(x1, x2, ("nngp", "ntk"), **kwargs)`` equals the references to ``tol``."""
+    ours = kernel_fn(x1, x2, ("nngp", "ntk"), **kwargs)
+    assert relative_error(ours.nngp, nngp) <= tol
+    assert relative_error(ours.ntk, ntk) <= tol
+
+
+def assert_final_kernels_match(
+    kernel_fn: Any, x1: torch.Tensor, x2: torch.Tensor, ref: dict[str, np.ndarray], tol: float
+) -> None:
+    """The stored ``nngp``/``ntk`` (x2 given) and ``nngp_self``/``ntk_self`` (x2=None)."""
+    assert_kernels_match(kernel_fn, x1, x2, ref["nngp"], ref["ntk"], tol)
+    assert_kernels_match(kernel_fn, x1, None, ref["nngp_self"], ref["ntk_self"], tol)
+
+
 def case_ids(prefixes: tuple[str, ...], kind: str = "kernel") -> list[str]:
     """Ids of the cases of ``kind`` whose id starts with one of ``prefixes`` (and are shipped)."""
     return [

@@ -8,12 +8,14 @@ cases stand for the rest: a residual network (FanOut/parallel/FanInSum), LayerNo
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 import tangents.stax._compiled as compiled_module
-from reference_cases import CASES, build, load, relative_error
+from reference_cases import CASES, assert_final_kernels_match, build, load, relative_error
 from tangents import stax
 
 FC_CASES = ["resnet_fc", "layernorm_fc", "dropout_fc", "act_abrelu_m0.3_1.2"]
@@ -64,12 +66,7 @@ def test_compiled_cnn_matches_neural_tangents() -> None:
     ref = load(case_id)
     net = build(CASES[case_id]["arch"])
     x1, x2 = torch.from_numpy(ref["x1"]), torch.from_numpy(ref["x2"])
-    nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"), compile=True)
-    assert relative_error(nngp, ref["nngp"]) <= TOL
-    assert relative_error(ntk, ref["ntk"]) <= TOL
-    nngp, ntk = net.kernel_fn(x1, None, ("nngp", "ntk"), compile=True)
-    assert relative_error(nngp, ref["nngp_self"]) <= TOL
-    assert relative_error(ntk, ref["ntk_self"]) <= TOL
+    assert_final_kernels_match(functools.partial(net.kernel_fn, compile=True), x1, x2, ref, TOL)
 
 
 @pytest.mark.slow

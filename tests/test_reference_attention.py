@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from reference_cases import CASES, REFERENCE_DIR, build, case_ids, load, relative_error
+from reference_cases import (CASES, REFERENCE_DIR, assert_final_kernels_match, assert_kernels_match, build, case_ids,
+                             load, relative_error)
 from tangents import stax
 
 TOL = 1e-8
@@ -47,16 +48,9 @@ def test_shared_final_kernels(case_id):
     data = load(case_id)
     net = build(CASES[case_id]["arch"])
     x1, x2 = torch.from_numpy(data["x1"]), torch.from_numpy(data["x2"])
-    nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"))
-    assert relative_error(nngp, data["nngp"]) <= TOL
-    assert relative_error(ntk, data["ntk"]) <= TOL
-    nngp, ntk = net.kernel_fn(x1, None, ("nngp", "ntk"))
-    assert relative_error(nngp, data["nngp_self"]) <= TOL
-    assert relative_error(ntk, data["ntk_self"]) <= TOL
+    assert_final_kernels_match(net.kernel_fn, x1, x2, data, TOL)
     # the same numbers with full batch covariances (NT's result does not depend on it)
-    nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"), diagonal_batch=False)
-    assert relative_error(nngp, data["nngp"]) <= TOL
-    assert relative_error(ntk, data["ntk"]) <= TOL
+    assert_kernels_match(net.kernel_fn, x1, x2, data["nngp"], data["ntk"], TOL, diagonal_batch=False)
 
 
 @pytest.mark.parametrize("case_id", [c for c in SHARED if "prefix" in CASES[c]])
@@ -144,15 +138,8 @@ def test_extra_kernels(name):
     spec = json.loads(str(case["spec"]))
     net = _build_extra(spec)
     x1, x2 = torch.from_numpy(case["x1"]), torch.from_numpy(case["x2"])
-    nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"))
-    assert relative_error(nngp, case["nngp"]) <= TOL
-    assert relative_error(ntk, case["ntk"]) <= TOL
-    nngp, ntk = net.kernel_fn(x1, None, ("nngp", "ntk"))
-    assert relative_error(nngp, case["nngp_self"]) <= TOL
-    assert relative_error(ntk, case["ntk_self"]) <= TOL
-    nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"), diagonal_batch=False)
-    assert relative_error(nngp, case["nngp"]) <= TOL
-    assert relative_error(ntk, case["ntk"]) <= TOL
+    assert_final_kernels_match(net.kernel_fn, x1, x2, case, TOL)
+    assert_kernels_match(net.kernel_fn, x1, x2, case["nngp"], case["ntk"], TOL, diagonal_batch=False)
     last = max(j for j, layer in enumerate(spec["layers"]) if layer["type"] == "GlobalSelfAttention")
     prefix = _build_extra(dict(type="serial", layers=spec["layers"][: last + 1]))
     k = prefix.kernel_fn(x1[:2], x2[:1])

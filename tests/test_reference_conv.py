@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from reference_cases import CASES, REFERENCE_DIR, build, case_ids, load, relative_error
+from reference_cases import (CASES, REFERENCE_DIR, assert_final_kernels_match, assert_kernels_match, build, case_ids,
+                             load, relative_error)
 from tangents import stax
 
 CONV_CASES = case_ids(
@@ -44,16 +45,11 @@ def test_final_kernels(case_id):
     data = load(case_id)
     net = build(CASES[case_id]["arch"])
     x1, x2 = torch.from_numpy(data["x1"]), torch.from_numpy(data["x2"])
-    nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"))
-    assert relative_error(nngp, data["nngp"]) <= TOL
-    assert relative_error(ntk, data["ntk"]) <= TOL
-    nngp, ntk = net.kernel_fn(x1, None, ("nngp", "ntk"))
-    assert relative_error(nngp, data["nngp_self"]) <= TOL
-    assert relative_error(ntk, data["ntk_self"]) <= TOL
+    assert_final_kernels_match(net.kernel_fn, x1, x2, data, TOL)
     if "nngp_diagspatial" in data:
-        nngp, ntk = net.kernel_fn(x1, x2, ("nngp", "ntk"), diagonal_spatial=True)
-        assert relative_error(nngp, data["nngp_diagspatial"]) <= TOL
-        assert relative_error(ntk, data["ntk_diagspatial"]) <= TOL
+        assert_kernels_match(
+            net.kernel_fn, x1, x2, data["nngp_diagspatial"], data["ntk_diagspatial"], TOL, diagonal_spatial=True
+        )
 
 
 @pytest.mark.parametrize("case_id", [c for c in CONV_CASES if "prefix" in CASES[c]])
