@@ -12,6 +12,7 @@ Peak memory is the result plus one tile's intermediates.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -99,11 +100,7 @@ def _split_kwargs(kwargs: dict[str, Any], rows1: slice, rows2: slice | None) -> 
     """Slices per-example keyword arguments given as pairs ``(for_x1, for_x2)``."""
     out = {}
     for key, value in kwargs.items():
-        if (
-            isinstance(value, tuple)
-            and len(value) == 2
-            and all(isinstance(v, torch.Tensor) or v is None or hasattr(v, "shape") for v in value)
-        ):
+        if _is_pair(value):
             first = None if value[0] is None else value[0][rows1]
             second_source = value[0] if rows2 is None else value[1]
             second = None if second_source is None else second_source[rows1 if rows2 is None else rows2]
@@ -111,6 +108,15 @@ def _split_kwargs(kwargs: dict[str, Any], rows1: slice, rows2: slice | None) -> 
         else:
             out[key] = value
     return out
+
+
+def _is_pair(value: Any) -> bool:
+    """Whether a keyword argument is a per-example pair ``(for_x1, for_x2)``."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, torch.Tensor) or v is None or hasattr(v, "shape") for v in value)
+    )
 
 
 def swap_pairs(t: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
@@ -136,6 +142,7 @@ def tiled(
     *,
     parallel: bool = True,
     mirrors: bool = False,
+    tape: Any = None,
 ) -> Any:
     """Computes ``kernel_fn(x1, x2, get, **kwargs)`` in ``(b, b)`` tiles (see module doc).
 
@@ -146,6 +153,10 @@ def tiled(
     ``mirrors``: ``kernel_fn`` also takes ``mirror=`` and returns ``(tile, mirrored)``, where
     ``mirrored`` maps ``"nngp"``/``"ntk"`` to the transposed tile it computed for the other
     triangle of a symmetric kernel (compiled tiles write it in the same fused loop).
+    ``tape``: an object with context managers ``recording()`` (yields a tape) and
+    ``replaying(rows_tape, cols_tape)``; the self-covariances of each block of examples are
+    then recorded once (by the tiles of a block with itself) and replayed by the other
+    tiles of its row and column (see `tangents.stax._tape`).
     """
     symmetric = x2 is None and analytic
     n1 = _leading(x1)
@@ -154,6 +165,9 @@ def tiled(
     starts2 = list(range(0, n2, b))
     tiles = [(i, j) for i in starts1 for j in starts2 if not (symmetric and j < i)]
     inner_get = None if analytic else get
+    tapes: dict[tuple[int, int], Any] = {}  # (which input, block start) -> tape
+    if tape is not None and not _tape_pays(symmetric, n1, n2, b):
+        tape = None
 
     def compute(tile: tuple[int, int]) -> None:
         i, j = tile
@@ -166,36 +180,98 @@ def tiled(
             xb = _slice(x1 if x2 is None else x2, r2)
             tile_kwargs = _split_kwargs(kwargs, r1, r2) if x2 is not None else _split_kwargs_self(kwargs, r1, r2)
         mirrored: dict[str, torch.Tensor] = {}
-        if mirrors:
-            result, mirrored = kernel_fn(xa, xb, inner_get, mirror=symmetric and not on_diagonal, **tile_kwargs)
+        if tape is None:
+            context = contextlib.nullcontext()
+        elif on_diagonal:
+            context = tape.recording()
         else:
-            result = kernel_fn(xa, xb, inner_get, **tile_kwargs)
+            context = tape.replaying(tapes[(1, i)], tapes[(1 if symmetric else 2, j)])
+        with context as recorded:
+            if mirrors:
+                result, mirrored = kernel_fn(xa, xb, inner_get, mirror=symmetric and not on_diagonal, **tile_kwargs)
+            else:
+                result = kernel_fn(xa, xb, inner_get, **tile_kwargs)
+        if tape is not None and on_diagonal:
+            tapes[(1, i)] = recorded
         _write(out, result_holder, result, r1, r2, n1, n2, symmetric, on_diagonal, store_on_device, mirrored)
+
+    def record(block: tuple[int, int]) -> None:
+        """Records the self-covariances of a block of ``x1`` (1) or ``x2`` (2) alone."""
+        which, i = block
+        x = x1 if which == 1 else x2
+        rows = slice(i, min(i + b, _leading(x)))
+        if which == 2:  # x2's per-example arguments, as for a block of x2 with itself
+            block_kwargs = {k: (v[1], v[1]) if _is_pair(v) else v for k, v in kwargs.items()}
+        else:
+            block_kwargs = kwargs
+        with tape.recording() as recorded:
+            kernel_fn(_slice(x, rows), None, inner_get, **_split_kwargs(block_kwargs, rows, None))
+        tapes[block] = recorded
 
     out: dict[str, Any] = {}
     result_holder: list[Any] = []
     # progress=None: a bar appears only if the work takes longer than two seconds.
     bar = tqdm(total=len(tiles), desc="kernel tiles", disable=progress is False, delay=0 if progress else 2.0, leave=False)
+    workers = torch.get_num_threads()
+    in_threads = analytic and parallel and workers > 1 and len(tiles) > 2 and _first_tensor(x1).device.type == "cpu"
+    run = functools.partial(_run_all, workers if in_threads else 1, bar)
+    if tape is not None and not symmetric:  # x2 given: each block's covariances first
+        blocks = [(1, i) for i in starts1] + [(2, j) for j in starts2]
+        record(blocks[0])
+        if _tape_fits(tapes[blocks[0]], len(blocks), _first_tensor(x1).device):
+            run(record, blocks[1:], count=False)
+        else:
+            tape, tapes = None, {}
+    if tape is not None and symmetric:  # blocks with themselves first: they record
+        tiles.sort(key=lambda t: t[0] != t[1])
     compute(tiles[0])  # allocates the results
     bar.update()
-    workers = torch.get_num_threads()
-    if analytic and parallel and workers > 1 and len(tiles) > 2 and _first_tensor(x1).device.type == "cpu":
+    if tape is not None and symmetric and not _tape_fits(tapes[(1, 0)], len(starts1), _first_tensor(x1).device):
+        tape = None
+    if tape is not None and symmetric:
+        run(compute, tiles[1 : len(starts1)])
+        run(compute, tiles[len(starts1) :])
+    else:
+        run(compute, tiles[1:])
+    bar.close()
+    return _finish(out, result_holder[0], get, analytic, x2 is None, n1, n2)
+
+
+def _run_all(workers: int, bar: Any, fn: Callable[[Any], None], items: list[Any], count: bool = True) -> None:
+    """``fn`` on every item, in ``workers`` threads of one intra-op thread each (or in turn
+    with all threads for ``workers=1``)."""
+    if workers > 1 and len(items) > 1:
         # Tiles in parallel, one thread each, rather than many small multi-threaded ops per
         # tile: the latter stall on every op's thread barrier when cores are shared.
         torch.set_num_threads(1)
         try:
             # (OpenMP's thread count is per thread: each worker sets its own.)
             with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                for _ in pool.map(compute, tiles[1:]):
-                    bar.update()
+                for _ in pool.map(fn, items):
+                    if count:
+                        bar.update()
         finally:
             torch.set_num_threads(workers)
     else:
-        for tile in tiles[1:]:
-            compute(tile)
-            bar.update()
-    bar.close()
-    return _finish(out, result_holder[0], get, analytic, x2 is None, n1, n2)
+        for item in items:
+            fn(item)
+            if count:
+                bar.update()
+
+
+def _tape_pays(symmetric: bool, n1: int, n2: int, b: int) -> bool:
+    """Whether recording self-covariances saves work. For ``x2=None`` the diagonal tiles
+    record for free; for ``x2`` given each block's kernel with itself is computed first
+    (``b`` pairs per example), against ``(1/b + 1/b)`` self-covariances saved per pair."""
+    if symmetric:
+        return n1 > b
+    return 2 * n1 * n2 / b > (2 * b + 1) * (n1 + n2)
+
+
+def _tape_fits(first: Any, blocks: int, device: torch.device) -> bool:
+    """Whether all blocks' tapes (each about the size of the first) fit in an eighth of the
+    free memory."""
+    return first.nbytes() * blocks <= available_memory(device) // 8
 
 
 def _first_tensor(x: Any) -> torch.Tensor:

@@ -80,6 +80,10 @@ class ABRelu(Activation):
     def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
         return (self.a**2 + self.b**2) / 2 * var
 
+    @property
+    def replays_covariances(self) -> bool:
+        return not self.do_stabilize  # rescales the covariances it outputs
+
     def map_kernel(self, k: Kernel) -> Kernel:
         if not self.do_stabilize:
             return super().map_kernel(k)

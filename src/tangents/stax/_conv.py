@@ -394,6 +394,10 @@ class _Conv(Layer):
 
     # ------------------------------------------------------------------ infinite width
 
+    @property
+    def replays_covariances(self) -> bool:
+        return self.shared_weights  # ConvLocal's per-location biases read the mapped cov1
+
     def propagate(self, k: Kernel, **kwargs: Any) -> Kernel:
         if not isinstance(k, Kernel):
             raise ValueError(f"{self.name}: expects a single input, got a list of {len(k)} branches.")

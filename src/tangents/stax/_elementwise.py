@@ -21,6 +21,7 @@ from .._kernel import Kernel
 from ._covariance import entry_variances, kernel_variances, with_exact_diagonal
 from ._layer import Layer
 from ._requirements import Diagonal, Requirements
+from ._tape import skipping_covariances
 
 
 class Activation(Layer):
@@ -29,6 +30,10 @@ class Activation(Layer):
     @property
     def requirements(self) -> Requirements:
         return Requirements(diagonal_spatial=Diagonal())
+
+    @property
+    def replays_covariances(self) -> bool:
+        return True  # `map_kernel` maps each covariance alone
 
     # ------------------------------------------------------------------ to implement
 
@@ -78,6 +83,8 @@ class Activation(Layer):
         a, b = entry_variances(var1, var2, k.diagonal_spatial, two_batch_axes=True)
         nngp, tdot = self.expectations(k.nngp, a, b, k.ntk is not None)
         ntk = None if k.ntk is None else tdot * k.ntk  # type: ignore[operator]
+        if skipping_covariances():  # replayed from a tape (see `_tape`)
+            return k.replace(nngp=nngp, ntk=ntk, cov1=None, cov2=None)
         cov1 = self._within(k.cov1, var1, k)
         cov2 = None if k.cov2 is None else self._within(k.cov2, var2, k)
         nngp = with_exact_diagonal(k, nngp, cov1)

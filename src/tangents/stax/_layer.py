@@ -28,6 +28,7 @@ from ._compiled import can_compile, entries_per_pair, tile_program, worth_compil
 from ._inputs import as_input_tensors, inputs_to_kernel
 from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
 from ._requirements import Requirements
+from ._tape import COVARIANCE_TAPES, transform_with_tape
 
 Shape = tuple[int, ...]
 ShapeTree = Union[Shape, list, tuple]
@@ -93,8 +94,23 @@ class Layer:
 
     # ------------------------------------------------------------------ internal composition
 
+    @property
+    def replays_covariances(self) -> bool:
+        """Whether ``propagate``'s ``nngp``/``ntk`` never depend on the ``cov1``/``cov2`` it
+        outputs, so that a tile may skip computing them and take recorded ones (`_tape`).
+        Layers saying ``True`` leave those two ``None`` when `skipping_covariances` (through
+        `map_covariances` or `Activation.map_kernel`). Default: ``False``."""
+        return False
+
     def transform(self, k: KernelTree, **kwargs: Any) -> KernelTree:
-        """``propagate`` plus the bookkeeping of output shapes; what combinators call."""
+        """``propagate`` plus the bookkeeping of output shapes; what combinators call.
+
+        Under a covariance tape (tiles of a spatial kernel), leaf layers record or replay
+        their output's self-covariances (see `_tape`).
+        """
+        return transform_with_tape(self, k, lambda kernel: self._transform(kernel, **kwargs))
+
+    def _transform(self, k: KernelTree, **kwargs: Any) -> KernelTree:
         out = self.propagate(k, **kwargs)
         if self.children:
             return out  # children already set their own shapes
@@ -242,7 +258,9 @@ class Layer:
                 return _select(tile_program(self, **options).kernel(x1, x2, tile), get)
         if tile is None:
             return kernel_of_inputs(x1, x2, get, **kwargs)
-        return tiled(kernel_of_inputs, x1, x2, get, tile, True, None, kwargs, analytic=True)
+        spatial_tiles = entries_per_pair(x1, batch_axis, channel_axis, spatial) > 1
+        return tiled(kernel_of_inputs, x1, x2, get, tile, True, None, kwargs, analytic=True,
+                     tape=COVARIANCE_TAPES if spatial_tiles else None)
 
     def to_module(
         self,

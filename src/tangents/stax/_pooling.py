@@ -135,6 +135,7 @@ class _Pool(Layer):
 
     average = True
     remask = True
+    replays_covariances = True  # every covariance is pooled alone (`map_covariances`)
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .._kernel import Kernel
+from ._tape import skipping_covariances
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 Pads = list[tuple[int, int]]
@@ -295,6 +296,9 @@ def spatial_axes_of(cov: torch.Tensor, batch_ndim: int, diagonal_spatial: bool) 
 def map_covariances(k: Kernel, fn: Any) -> dict[str, torch.Tensor | None]:
     """``fn(tensor, batch_ndim)`` applied to nngp, ntk, cov1 and cov2 (0-d / None pass).
 
+    While `skipping_covariances` (a tile replaying recorded self-covariances), ``cov1`` and
+    ``cov2`` are not computed: ``None``.
+
     Returns:
         The new ``nngp``, ``ntk``, ``cov1``, ``cov2`` as keyword arguments for ``replace``.
     """
@@ -305,11 +309,12 @@ def map_covariances(k: Kernel, fn: Any) -> dict[str, torch.Tensor | None]:
             return t
         return fn(t, batch_ndim)
 
+    skip = skipping_covariances()
     return {
         "nngp": apply(k.nngp, 2),
         "ntk": apply(k.ntk, 2),
-        "cov1": apply(k.cov1, cov_batch),
-        "cov2": apply(k.cov2, cov_batch),
+        "cov1": None if skip else apply(k.cov1, cov_batch),
+        "cov2": None if skip else apply(k.cov2, cov_batch),
     }
 
 
