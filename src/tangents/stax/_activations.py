@@ -75,7 +75,7 @@ class ABRelu(Activation):
         root = prod.sub_(cov12 * cov12).clamp_min_(0).sqrt_()  # √(v₁v₂ − c²)
         factor = (self.a - self.b) ** 2 / (2 * math.pi)
         tdot = angle.mul_(-factor).add_((self.a**2 + self.b**2) / 2)  # (a² + b²)/2 − factor θ
-        return root.mul_(factor).add_(tdot * cov12), tdot
+        return root.mul_(factor).addcmul_(tdot, cov12), tdot
 
     def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
         return (self.a**2 + self.b**2) / 2 * var
