@@ -5,21 +5,38 @@ parameter-space vector ``J2ᵀ e`` (these are the rows of the per-example Jacobi
 one example at a time when ``vmap_axes`` is given) and a forward-mode product
 (``torch.func.jvp``) through the whole batch ``x1`` gives ``J1 (J2ᵀ e)``: a column of Θ.
 No Jacobian is ever contracted; the price is ``|x2 outputs|`` forward passes over ``x1``.
+
+The forward-mode products are ``vmap``-ed over the rows in chunks (:func:`row_chunk`): all
+rows at once would make every intermediate tangent ``rows × |x1|`` times the size of an
+activation, far out of cache, and (past 32 MiB) mapped and page-faulted afresh by the C
+allocator on every use; a chunk of a few rows keeps them small and reused, while still
+amortizing the primal pass that each chunk repeats.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import jvp, vjp, vmap
-from torch.utils._pytree import tree_map
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ._axes import OutputSpec, reduce_full
-from ._function import Problem
+from ._function import Problem, _broadcast_axes
 from ._jacobian import jacobians
+
+#: Budget (bytes) for all forward-mode intermediates of one chunk of rows over ``x1``.
+CHUNK_BYTES = 32 << 20
+#: Budget (bytes) for the largest single intermediate of one chunk (glibc maps blocks of
+#: 32 MiB and more anew on every allocation).
+CHUNK_TENSOR_BYTES = 16 << 20
+#: Rows per chunk at least (each chunk repeats the primal forward pass), within
+#: ``CHUNK_TENSOR_BYTES``.
+MIN_CHUNK_ROWS = 4
 
 
 def jvp_any(fn: Callable, primals: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> Any:
@@ -44,6 +61,78 @@ def ntk_vp(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: di
     return jvp_any(lambda *t: problem.per_batch(t, x1, kw1), tensors, tangents)
 
 
+class _Sizes(TorchFunctionMode):
+    """Total and largest numel of the floating tensors produced by a forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                self.total += t.numel()
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def _batch_size(problem: Problem, xb: Any, kw: dict[str, Any]) -> int:
+    """Examples in the batch-first block ``xb`` (1 without ``vmap_axes``: one example)."""
+    if not problem.independent:
+        return 1
+    leaves = tree_flatten(xb)[0]
+    for leaf, ax in zip(leaves, _broadcast_axes(problem.in_axes, xb, "in_axes")):
+        if isinstance(leaf, torch.Tensor) and ax is not None:
+            return leaf.shape[0]
+    for k in problem.kwargs_axes:
+        if isinstance(kw.get(k), torch.Tensor):
+            return kw[k].shape[0]
+    return 1
+
+
+def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: dict[str, Any]) -> int:
+    """Rows per ``vmap`` chunk of forward-mode products through ``x1``.
+
+    One forward pass on one example of ``x1`` (the whole batch without ``vmap_axes``)
+    measures the floats of its intermediates; a chunk of ``c`` rows holds about ``c |x1|``
+    times as many. ``c`` keeps them within ``CHUNK_BYTES`` (but at least
+    ``MIN_CHUNK_ROWS``) and the largest within ``CHUNK_TENSOR_BYTES``.
+    """
+    sizes = _Sizes()
+    with torch.no_grad(), sizes:
+        if problem.independent:
+            xs, ks = problem.slice(x1, kw1, 0, 1)
+            problem.per_batch(tensors, xs, ks)
+        else:
+            problem.per_batch(tensors, x1, kw1)
+    scale = _batch_size(problem, x1, kw1) * tensors[0].element_size()
+    by_total = CHUNK_BYTES // max(1, sizes.total * scale)
+    by_largest = CHUNK_TENSOR_BYTES // max(1, sizes.largest * scale)
+    return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))
+
+
+_ALLOCATOR_PRIMED = False
+
+
+def _prime_allocator(device: torch.device) -> None:
+    """Once per process: lets glibc reuse, rather than map and page-fault anew, the
+    same-sized blocks that successive chunks allocate.
+
+    glibc serves blocks above its mmap threshold by fresh mappings (every page faulted on
+    first touch, which costs more than the arithmetic of a small convolution) and returns
+    heap memory above a trim threshold to the system; both thresholds rise when a mapped
+    block is freed, up to 32 MiB (documented in ``mallopt(3)``). Freeing one block just
+    under that cap, as any program handling a tensor of that size does, sets them once.
+    """
+    global _ALLOCATOR_PRIMED
+    if _ALLOCATOR_PRIMED or device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    _ALLOCATOR_PRIMED = True
+    torch.empty(((32 << 20) - (64 << 10)) // 4, dtype=torch.float32, device=device)  # freed at once
+
+
 def ntk_vector_products(
     problem: Problem,
     tensors: tuple[torch.Tensor, ...],
@@ -56,10 +145,16 @@ def ntk_vector_products(
     """Canonical kernels (one per output leaf) for a block of examples."""
     rows = jacobians(problem, tensors, x1 if x2 is None else x2, kw1 if x2 is None else kw2)
     out = []
+    chunk = None
+    if max(r[0].shape[: len(s.kinds)].numel() for r, s in zip(rows, specs)) > MIN_CHUNK_ROWS:
+        chunk = row_chunk(problem, tensors, x1, kw1)
     for leaf, (rows_leaf, spec) in enumerate(zip(rows, specs)):
         lead = rows_leaf[0].shape[: len(spec.kinds)]  # (E2, *S)
         flat = tuple(r.reshape(-1, *t.shape) for r, t in zip(rows_leaf, tensors))
-        cols = vmap(lambda *v: ntk_vp(problem, tensors, x1, kw1, v)[leaf])(*flat)  # (R, E1, *S)
+        c = chunk if chunk is not None and chunk < flat[0].shape[0] else None
+        if c is not None:
+            _prime_allocator(tensors[0].device)
+        cols = vmap(lambda *v: ntk_vp(problem, tensors, x1, kw1, v)[leaf], chunk_size=c)(*flat)  # (R, E1, *S)
         n = len(spec.kinds)
         cols = cols.reshape(*lead, *cols.shape[1:])
         full = cols.permute(*range(n, 2 * n), *range(n))  # (E1, *S, E2, *S)
