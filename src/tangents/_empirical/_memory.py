@@ -8,11 +8,13 @@ per example and ``σ`` the output-pair factor left after tracing (``|S|²`` untr
 ``|S|`` traced), a block of ``n1 × n2`` examples costs about
 
     JACOBIAN_CONTRACTION    FLOPs 3F|S|(n1+n2) + n1 n2 σ P       memory (n1+n2)|S|P + n|S|A
-    NTK_VECTOR_PRODUCTS     FLOPs 3F|S| n2 + 3F|S| n1 n2          memory n2|S|P + n1 n2|S|A
+    NTK_VECTOR_PRODUCTS     FLOPs 3F|S| n2 + 3F|S| n1 n2          memory n2|S|P + n1 c A
     STRUCTURED_DERIVATIVES  FLOPs 3F|S|(n1+n2) + n1 n2 σ Σ_uses min(T²(out+in), out·in)
                             memory (n1+n2)|S|A + n1 n2 σ max T²
 
-plus the ``n1 n2 σ`` kernel itself (floats; times the dtype size for bytes). These are
+plus the ``n1 n2 σ`` kernel itself (floats; times the dtype size for bytes), where ``c`` is
+the rows per forward-mode chunk (`_ntk_vp.row_chunk`: ``n2|S|`` rows in chunks of at least
+``MIN_CHUNK_ROWS`` and otherwise within ``CHUNK_BYTES``). These are
 estimates (within a small factor), used to rank implementations and to refuse or tile a
 computation before it starts.
 """
@@ -27,10 +29,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from .. import batching
 from ._axes import OutputSpec
 from ._function import Problem
+
+#: NTK_VECTOR_PRODUCTS runs its forward-mode products over ``x1`` in chunks of rows
+#: (`_ntk_vp.row_chunk`): all intermediates of a chunk within ``CHUNK_BYTES``, its largest
+#: within ``CHUNK_TENSOR_BYTES`` (glibc maps blocks of 32 MiB and more anew on every
+#: allocation), and at least ``MIN_CHUNK_ROWS`` rows (each chunk repeats the primal pass).
+CHUNK_BYTES = 32 << 20
+CHUNK_TENSOR_BYTES = 16 << 20
+MIN_CHUNK_ROWS = 4
 
 _LINEAR = {F.linear, torch._C._nn.linear}
 _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch._C.TensorBase.matmul, torch.mm, torch.bmm}
@@ -42,6 +53,7 @@ class Profile:
     """Per-example sizes measured by one forward pass (see module docstring)."""
 
     activations: int = 0
+    largest: int = 0  # floats of the largest intermediate
     flops: int = 0
     uses: list[tuple[int, int, int]] = field(default_factory=list)  # (T, fan_in, fan_out)
 
@@ -55,10 +67,13 @@ class _Counter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        prof = self.profile
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                prof.activations += t.numel()
+                prof.largest = max(prof.largest, t.numel())
         if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
             return out
-        prof = self.profile
-        prof.activations += out.numel()
         w = args[1] if len(args) > 1 else kwargs.get("weight", kwargs.get("other"))
         if isinstance(w, torch.Tensor) and w.ndim >= 1:
             if func in _LINEAR or func in _MATMUL:
@@ -75,7 +90,7 @@ class _Counter(TorchFunctionMode):
         return out
 
 
-def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any], n: int) -> Profile:
+def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> Profile:
     """Per-example activation floats, forward FLOPs and linear-ish uses (one forward pass)."""
     counter = _Counter({id(t) for t in tensors})
     with torch.no_grad(), counter:
@@ -118,7 +133,10 @@ def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: 
         mem = (n1 + n2) * s * p + max(n1, n2) * s * a + kernel
     elif impl == 2:
         flops = 3 * f_ * s * n2 + 3 * f_ * s * n1 * n2
-        mem = n2 * s * p + n1 * n2 * s * a + n1 * n2 * s * s
+        rows = n2 * s
+        if rows > MIN_CHUNK_ROWS:  # chunked (`ntk_vector_products`); floats counted as 4 bytes
+            rows = min(rows, max(MIN_CHUNK_ROWS, CHUNK_BYTES // 4 // max(1, n1 * a)))
+        mem = n2 * s * p + n1 * rows * a + n1 * n2 * s * s
     else:
         lin = sum(min(t * t * (o + i), o * i) for t, i, o in prof.uses)
         other = max(p - sum(i * o for _, i, o in prof.uses), 0)
@@ -161,7 +179,7 @@ class MemoryPlanner:
         limit = self.memory_limit
         if limit is None:
             limit = int(0.8 * available_memory(tensors[0].device))
-        prof = profile(problem, tensors, x1b, kw1, n1)
+        prof = profile(problem, tensors, x1b, kw1)
         n_params = sum(t.numel() for t in tensors)
         candidates = [self.implementation] if self.implementation else [1, 2, 3]
 

@@ -22,22 +22,12 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import jvp, vjp, vmap
-from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ._axes import OutputSpec, reduce_full
 from ._function import Problem, _broadcast_axes
 from ._jacobian import jacobians
-
-#: Budget (bytes) for all forward-mode intermediates of one chunk of rows over ``x1``.
-CHUNK_BYTES = 32 << 20
-#: Budget (bytes) for the largest single intermediate of one chunk (glibc maps blocks of
-#: 32 MiB and more anew on every allocation).
-CHUNK_TENSOR_BYTES = 16 << 20
-#: Rows per chunk at least (each chunk repeats the primal forward pass), within
-#: ``CHUNK_TENSOR_BYTES``.
-MIN_CHUNK_ROWS = 4
-
+from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, profile
 
 def jvp_any(fn: Callable, primals: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> Any:
     """``J v`` by forward mode, or, for ops without forward-mode rules, by transposing the
@@ -59,23 +49,6 @@ def ntk_vp(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: di
            tangents: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """``J(x1) v`` for one parameter-space vector ``v`` (a tuple shaped like ``tensors``)."""
     return jvp_any(lambda *t: problem.per_batch(t, x1, kw1), tensors, tangents)
-
-
-class _Sizes(TorchFunctionMode):
-    """Total and largest numel of the floating tensors produced by a forward pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
-        self.largest = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.total += t.numel()
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def _batch_size(problem: Problem, xb: Any, kw: dict[str, Any]) -> int:
@@ -100,15 +73,9 @@ def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1:
     times as many. ``c`` keeps them within ``CHUNK_BYTES`` (but at least
     ``MIN_CHUNK_ROWS``) and the largest within ``CHUNK_TENSOR_BYTES``.
     """
-    sizes = _Sizes()
-    with torch.no_grad(), sizes:
-        if problem.independent:
-            xs, ks = problem.slice(x1, kw1, 0, 1)
-            problem.per_batch(tensors, xs, ks)
-        else:
-            problem.per_batch(tensors, x1, kw1)
+    sizes = profile(problem, tensors, x1, kw1)
     scale = _batch_size(problem, x1, kw1) * tensors[0].element_size()
-    by_total = CHUNK_BYTES // max(1, sizes.total * scale)
+    by_total = CHUNK_BYTES // max(1, sizes.activations * scale)
     by_largest = CHUNK_TENSOR_BYTES // max(1, sizes.largest * scale)
     return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))
 
