@@ -60,13 +60,63 @@ def test_compiled_fc_matches_neural_tangents(case_id: str, small_tiles: int) -> 
     assert k.cov2 is None and k.shape1 == k.shape2
 
 
+def _spy_on_maps(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Records every compiled nonlinearity map that spatial kernels build."""
+    built: list = []
+    original = compiled_module._compile_pair_map
+
+    def spy(activation):  # noqa: ANN001, ANN202
+        built.append(activation)
+        return original(activation)
+
+    monkeypatch.setattr(compiled_module, "_compile_pair_map", spy)
+    return built
+
+
 @pytest.mark.slow
-def test_compiled_cnn_matches_neural_tangents() -> None:
+@pytest.mark.parametrize("tiles", [None, 2], ids=["untiled", "tiles_of_2"])
+def test_compiled_cnn_matches_neural_tangents(tiles: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spatial kernels: eager layers (tiles replaying self-covariances) and compiled maps."""
+    import tangents.stax._layer as layer_module
+
+    monkeypatch.setattr(layer_module, "_auto_tile_size", lambda *args: tiles)
+    built = _spy_on_maps(monkeypatch)
     case_id = "cnn_same_s1_gap"
     ref = load(case_id)
     net = build(CASES[case_id]["arch"])
     x1, x2 = torch.from_numpy(ref["x1"]), torch.from_numpy(ref["x2"])
     assert_final_kernels_match(functools.partial(net.kernel_fn, compile=True), x1, x2, ref, TOL)
+    assert built  # the ReLU maps were compiled
+
+
+@pytest.mark.slow
+def test_compiled_maps_take_masked_inputs_and_gradients_stay_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = _spy_on_maps(monkeypatch)
+    padded = torch.randn(4, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    padded[0, :, 4:] = -7.0
+    conv = stax.serial(stax.Conv(8, (3,), padding="SAME"), stax.Erf(), stax.GlobalAvgPool(), stax.Dense(1))
+    ours = conv.kernel_fn(padded, None, ("nngp", "ntk"), compile=True, mask_constant=-7.0)
+    eager = conv.kernel_fn(padded, None, ("nngp", "ntk"), compile=False, mask_constant=-7.0)
+    assert len(built) == 1
+    torch.testing.assert_close(ours, eager, rtol=1e-12, atol=1e-14)
+    x = padded.clone().requires_grad_(True)
+    conv.kernel_fn(x, None, "nngp", compile=True).sum().backward()  # autograd through eager maps
+    assert x.grad is not None and len(built) == 1
+
+
+def test_compiled_map_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_compile(fn, **kwargs):  # noqa: ANN001, ANN003
+        def run(*args):  # noqa: ANN002
+            raise RuntimeError("no C++ compiler found")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    conv = stax.serial(stax.Conv(8, (3,), padding="SAME"), stax.Gelu(), stax.GlobalAvgPool(), stax.Dense(1))
+    x = torch.randn(3, 2, 5, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"could not compile the kernel map of Gelu .*computing it eagerly"):
+        ours = conv.kernel_fn(x, None, "ntk", compile=True)
+    torch.testing.assert_close(ours, conv.kernel_fn(x, None, "ntk", compile=False), rtol=0, atol=0)
 
 
 @pytest.mark.slow
@@ -130,7 +180,7 @@ def test_calls_that_cannot_be_compiled_run_eagerly(monkeypatch: pytest.MonkeyPat
     padded[0, :, 4:] = -7.0
     conv = stax.serial(stax.Conv(8, (3,), padding="SAME"), stax.Relu(), stax.GlobalAvgPool(), stax.Dense(1))
     conv.kernel_fn(padded, None, "nngp", compile=True, mask_constant=-7.0)
-    assert calls == []
+    assert calls == []  # (spatial: compiled maps, not whole-tile programs)
 
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:

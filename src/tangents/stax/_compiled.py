@@ -12,12 +12,19 @@ on disk, so later processes pay less), so it is done when asked for,
 fully-connected kernels whose eager work is estimated to take much longer than compiling. Tiles are padded to one fixed size so
 that one compiled program serves all of them. If compiling fails (no C++ compiler, an
 unsupported operation), the tile is computed eagerly and a warning says so once.
+
+Spatial kernels are compiled differently (`compiled_elementwise`): their layers run eagerly,
+in small parallel tiles that replay each example's self-covariances (`_tape`; a whole-tile
+program cannot), and only each nonlinearity's map of a tile's ``(nngp, ntk)``, a dozen
+passes eagerly, runs as one compiled loop: several times faster for that part, and seconds to
+compile per activation and tile shape instead of a minute per network.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import types
 import warnings
 import weakref
@@ -27,10 +34,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._kernel import Kernel
+from .._numerics import differentiable
 from ..batching import swap_pairs, tiled
 from ._inputs import inputs_to_kernel, same_inputs
 
 if TYPE_CHECKING:
+    from ._elementwise import Activation
     from ._layer import Layer
 
 #: Rows per compiled FC tile: big enough that OpenMP threads share each fused loop well.
@@ -40,7 +49,14 @@ COMPILED_TILE = 512
 #: compile's cost (measured: ~8.5 ns per entry and layer eager, 6-10 s to compile).
 AUTO_COMPILE_WORK = 3e9
 
+#: Compiled elementwise maps per activation (one per tile shape, layout and dtype); tiles of
+#: further shapes (ragged last tiles of many sizes) are mapped eagerly.
+MAX_ELEMENTWISE_PROGRAMS = 8
+
 _PROGRAMS: weakref.WeakKeyDictionary[Layer, dict[tuple, TileProgram]] = weakref.WeakKeyDictionary()
+_ELEMENTWISE: weakref.WeakKeyDictionary[Activation, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+_ELEMENTWISE_FAILED: weakref.WeakSet[Activation] = weakref.WeakSet()
+_state = threading.local()
 
 
 def leaf_count(layer: Layer) -> int:
@@ -48,14 +64,12 @@ def leaf_count(layer: Layer) -> int:
     return sum(leaf_count(c) for c in layer.children) if layer.children else 1
 
 
-def worth_compiling(layer: Layer, n_pairs: int, entries_per_pair: int) -> bool:
-    """Whether the eager work of ``n_pairs`` input pairs is large enough to pay for a compile.
-
-    Only fully-connected kernels (one entry per pair) qualify: compiled spatial kernels are
-    not yet faster than eager ones (within ±10 % on a 3-layer CNN) and take far longer to
-    compile, so they are compiled only on request (``compile=True``).
+def worth_compiling(layer: Layer, n_pairs: int) -> bool:
+    """Whether the eager work of ``n_pairs`` input pairs of a fully-connected kernel is large
+    enough to pay for a compile. (Spatial kernels compile their nonlinearity maps only on
+    request, ``compile=True``: see `compiled_elementwise`.)
     """
-    return entries_per_pair == 1 and n_pairs * leaf_count(layer) > AUTO_COMPILE_WORK
+    return n_pairs * leaf_count(layer) > AUTO_COMPILE_WORK
 
 
 def can_compile(x1: Any, x2: Any, kwargs: dict[str, Any], masked: bool) -> bool:
@@ -124,8 +138,7 @@ class TileProgram:
         batch_axis = self.options["batch_axis"]
         n1 = x1.shape[batch_axis]
         n2 = n1 if x2 is None else x2.shape[batch_axis]
-        fc = entries_per_pair(x1, batch_axis, self.options["channel_axis"], self.options["diagonal_spatial"]) == 1
-        if fc and max(n1, n2) > COMPILED_TILE:
+        if max(n1, n2) > COMPILED_TILE:  # (fully-connected kernels only: spatial ones compile maps)
             tile = COMPILED_TILE
         if tile is None or n1 * n2 <= tile * tile or not self.options["diagonal_batch"]:
             return self(x1, x2)[0]
@@ -222,3 +235,62 @@ def entries_per_pair(x: torch.Tensor, batch_axis: int, channel_axis: int | None,
     skip = {batch_axis % x.ndim, (-1 if channel_axis is None else channel_axis) % x.ndim}
     spatial = [d for i, d in enumerate(x.shape) if i not in skip]
     return math.prod(d if diagonal_spatial else d * d for d in spatial)
+
+
+# ---------------------------------------------------------------------- spatial kernels
+
+
+@contextlib.contextmanager
+def compiled_elementwise() -> Iterator[None]:
+    """Within (in this thread): activations map ``(nngp, ntk)`` by `compiled_pair_map`."""
+    previous, _state.on = getattr(_state, "on", False), True
+    try:
+        yield
+    finally:
+        _state.on = previous
+
+
+def compiled_pair_map(
+    activation: Activation, nngp: torch.Tensor, ntk: torch.Tensor | None, var1: torch.Tensor, var2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(T(nngp), Ṫ(nngp) · ntk)`` by a compiled program, within `compiled_elementwise`;
+    ``None`` (map eagerly) outside it, when differentiating, past `MAX_ELEMENTWISE_PROGRAMS`
+    shapes, or after a compiler failure (warned about once)."""
+    if not getattr(_state, "on", False) or torch.compiler.is_compiling() or activation in _ELEMENTWISE_FAILED:
+        return None
+    if differentiable(nngp, ntk, var1, var2):
+        return None
+    key = tuple((t.shape, t.stride()) for t in (nngp, var1, var2)) + (nngp.dtype, nngp.device, ntk is None)
+    programs = _ELEMENTWISE.setdefault(activation, {})
+    program = programs.get(key)
+    if program is None:
+        if len(programs) >= MAX_ELEMENTWISE_PROGRAMS:
+            return None
+        program = programs.setdefault(key, _compile_pair_map(activation))
+    try:
+        with _without_torch_deprecation_notices():
+            return program(nngp, ntk, var1, var2)
+    except Exception as error:  # noqa: BLE001 - any compiler failure: the eager map gives the answer
+        _ELEMENTWISE_FAILED.add(activation)
+        warnings.warn(
+            f"tangents: torch.compile could not compile the kernel map of {activation.name} "
+            f"({type(error).__name__}: {(str(error).splitlines() or [''])[0]}); computing it eagerly. "
+            f"Pass compile=False to kernel_fn to skip compiling.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
+def _compile_pair_map(activation: Activation) -> Any:
+    def pair_map(
+        nngp: torch.Tensor, ntk: torch.Tensor | None, var1: torch.Tensor, var2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t, tdot = activation.expectations(nngp, var1, var2, ntk is not None)
+        return t, None if ntk is None else tdot * ntk
+
+    # a fresh code object per program, as for `TileProgram` (dynamo's per-code recompile limit)
+    code = pair_map.__code__.replace(co_name=f"pair_map_{id(activation):x}_{len(_ELEMENTWISE.get(activation, ()))}")
+    fresh = types.FunctionType(code, pair_map.__globals__, code.co_name, None, pair_map.__closure__)
+    with _without_torch_deprecation_notices():
+        return torch.compile(fresh, dynamic=False)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .._kernel import Kernel
+from ._compiled import compiled_pair_map
 from ._covariance import entry_variances, kernel_variances, with_exact_diagonal
 from ._layer import Layer
 from ._requirements import Diagonal, Requirements
@@ -81,8 +82,12 @@ class Activation(Layer):
         """Σ' = T(Σ), Θ' = Ṫ(Σ) Θ on every covariance of ``k``."""
         var1, var2 = kernel_variances(k)
         a, b = entry_variances(var1, var2, k.diagonal_spatial, two_batch_axes=True)
-        nngp, tdot = self.expectations(k.nngp, a, b, k.ntk is not None)
-        ntk = None if k.ntk is None else tdot * k.ntk  # type: ignore[operator]
+        compiled = compiled_pair_map(self, k.nngp, k.ntk, a, b)  # None unless compiling spatial tiles
+        if compiled is not None:
+            nngp, ntk = compiled
+        else:
+            nngp, tdot = self.expectations(k.nngp, a, b, k.ntk is not None)
+            ntk = None if k.ntk is None else tdot * k.ntk  # type: ignore[operator]
         if skipping_covariances():  # replayed from a tape (see `_tape`)
             return k.replace(nngp=nngp, ntk=ntk, cov1=None, cov2=None)
         cov1 = self._within(k.cov1, var1, k)
