@@ -28,10 +28,11 @@ def jacobians(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: 
 
 
 def contract_jacobians(j1: tuple[torch.Tensor, ...], j2: tuple[torch.Tensor, ...], spec: OutputSpec) -> torch.Tensor:
-    """``Σ_p spec.contract(J1_p, J2_p)``: the canonical (unscaled) kernel of one output leaf."""
+    """``Σ_p spec.contract(J1_p, J2_p)``: the canonical (unscaled) kernel of one output leaf
+    (by symmetric halves when ``j2`` is ``j1``)."""
     total = None
     for a, b in zip(j1, j2):
-        k = spec.contract(a, b)
+        k = spec.contract_self(a) if a is b else spec.contract(a, b)
         total = k if total is None else total + k
     return total
 

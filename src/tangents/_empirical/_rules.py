@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import vjp, vmap
 
-from ._axes import PAIR, TRACE, OutputSpec
+from ._axes import PAIR, TRACE, OutputSpec, by_symmetric_halves
 from ._recorder import Use
 
 _LINEAR = {F.linear, torch._C._nn.linear}
@@ -140,10 +140,22 @@ def structured(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.T
     t1, t2, o, i = nxt, nxt + 1, nxt + 2, nxt + 3
     e1, e2 = lab1[0], lab2[0]
     keep = out + ([e1] if spec.kinds[0] == TRACE else [])
-    gg = torch.einsum(g1, lab1 + [t1, o], g2, lab2 + [t2, o], keep + [t1, t2])
     ee = [e1, e2] if e1 != e2 else [e1]
-    xx = torch.einsum(x1, [e1, t1, i], x2, [e2, t2, i], ee + [t1, t2])
+    if g1 is g2 and x1 is x2 and keep == ee == [e1, e2]:  # a batch with itself, output axes traced
+        gg, xx = _self_gram(g1.movedim(-2, 1).flatten(2)), _self_gram(x1)  # G as (E, T, S·out)
+    else:
+        gg = torch.einsum(g1, lab1 + [t1, o], g2, lab2 + [t2, o], keep + [t1, t2])
+        xx = torch.einsum(x1, [e1, t1, i], x2, [e2, t2, i], ee + [t1, t2])
     return torch.einsum(gg, keep + [t1, t2], xx, ee + [t1, t2], out)
+
+
+def _self_gram(x: torch.Tensor) -> torch.Tensor:
+    """``Σ_i x[e1, t1, i] x[e2, t2, i]`` as ``(E, E, T, T)``, by symmetric halves."""
+    def panel(i: int, j: int) -> torch.Tensor:
+        return torch.einsum(x[i:j], [0, 1, 2], x[i:], [3, 4, 2], [0, 3, 1, 4])
+
+    out = by_symmetric_halves(x.shape[0], panel, lambda k: k.permute(1, 0, 3, 2))
+    return panel(0, x.shape[0]) if out is None else out
 
 
 def structured_is_cheaper(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor) -> bool:

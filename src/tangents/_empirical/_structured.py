@@ -214,8 +214,10 @@ def _contribution(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Pla
         if x1 is not None and structured_is_cheaper(spec, g1, x1, g2, x2):
             return structured(spec, g1, x1, g2, x2)
         if x1 is None:  # a bias: G summed over tokens is its Jacobian
-            return spec.contract(g1.sum(-2), g2.sum(-2))
-        return spec.contract(jacobian_of(rule, p_shape, g1, x1), jacobian_of(rule, p_shape, g2, x2))
+            j1 = g1.sum(-2)
+            return spec.contract_self(j1) if f2 is f1 else spec.contract(j1, g2.sum(-2))
+        j1 = jacobian_of(rule, p_shape, g1, x1)
+        return spec.contract_self(j1) if f2 is f1 else spec.contract(j1, jacobian_of(rule, p_shape, g2, x2))
 
     def jac(f: Features) -> torch.Tensor:
         total = None
@@ -230,5 +232,4 @@ def _contribution(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Pla
         return total
 
     j1 = jac(f1)
-    j2 = j1 if f2 is f1 else jac(f2)
-    return spec.contract(j1, j2)
+    return spec.contract_self(j1) if f2 is f1 else spec.contract(j1, jac(f2))
