@@ -10,11 +10,14 @@ The forward-mode products are ``vmap``-ed over the rows in chunks (:func:`row_ch
 rows at once would make every intermediate tangent ``rows × |x1|`` times the size of an
 activation, far out of cache, and (past 32 MiB) mapped and page-faulted afresh by the C
 allocator on every use; a chunk of a few rows keeps them small and reused, while still
-amortizing the primal pass that each chunk repeats.
+amortizing the primal pass that each chunk repeats. For ``x2=None`` (independent examples)
+each chunk is pushed through only the examples up to its own (`_columns_by_halves`): Θ is
+symmetric, so the other half is mirrored, as in the other implementations.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import jvp, vjp, vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ._axes import OutputSpec, reduce_full
+from ._axes import PAIR, OutputSpec, reduce_full
 from ._function import Problem, _broadcast_axes
 from ._jacobian import jacobians
 from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, profile
@@ -100,6 +103,39 @@ def _prime_allocator(device: torch.device) -> None:
     torch.empty(((32 << 20) - (64 << 10)) // 4, dtype=torch.float32, device=device)  # freed at once
 
 
+def _columns_by_halves(
+    problem: Problem,
+    tensors: tuple[torch.Tensor, ...],
+    x1: Any,
+    kw1: dict[str, Any],
+    flat: tuple[torch.Tensor, ...],
+    leaf: int,
+    lead: torch.Size,
+    rows_per_chunk: int,
+) -> torch.Tensor:
+    """The ``(R, E, *S)`` columns of Θ(x1, x1), about half of them computed.
+
+    The rows of the examples ``a:b`` (a chunk) are pushed forward through the examples
+    ``0:b`` only, which gives Θ[0:b, a:b]; Θ[a:b, 0:a] is its mirror image (Θ is symmetric,
+    ``Θ[e1, s1, e2, s2] = Θ[e2, s2, e1, s1]``), so the forward passes cover about half of
+    the ``E × E`` example pairs.
+    """
+    e, s = lead[0], math.prod(lead[1:])
+    per = max(1, rows_per_chunk // s)  # examples per chunk
+    cols: torch.Tensor | None = None
+    for a in range(0, e, per):
+        b = min(a + per, e)
+        xb, kb = problem.slice(x1, kw1, 0, b)
+        part = vmap(lambda *v: ntk_vp(problem, tensors, xb, kb, v)[leaf])(*(f[a * s : b * s] for f in flat))
+        if cols is None:  # part: (rows of a:b, examples 0:b, *S)
+            cols = part.new_empty((e * s, e) + tuple(part.shape[2:]))
+        cols[a * s : b * s, :b] = part
+        if a > 0:  # Θ[(e2 < a, s2), (e1 in a:b, s1)] = Θ[(e1, s1), (e2, s2)]
+            mirrored = part[:, :a].reshape(b - a, s, a, s).permute(2, 3, 0, 1)
+            cols[: a * s, a:b] = mirrored.reshape(a * s, b - a, *part.shape[2:])
+    return cols
+
+
 def ntk_vector_products(
     problem: Problem,
     tensors: tuple[torch.Tensor, ...],
@@ -121,7 +157,10 @@ def ntk_vector_products(
         c = chunk if chunk is not None and chunk < flat[0].shape[0] else None
         if c is not None:
             _prime_allocator(tensors[0].device)
-        cols = vmap(lambda *v: ntk_vp(problem, tensors, x1, kw1, v)[leaf], chunk_size=c)(*flat)  # (R, E1, *S)
+        if c is not None and x2 is None and problem.independent and spec.kinds[0] == PAIR:
+            cols = _columns_by_halves(problem, tensors, x1, kw1, flat, leaf, lead, c)
+        else:
+            cols = vmap(lambda *v: ntk_vp(problem, tensors, x1, kw1, v)[leaf], chunk_size=c)(*flat)  # (R, E1, *S)
         n = len(spec.kinds)
         cols = cols.reshape(*lead, *cols.shape[1:])
         full = cols.permute(*range(n, 2 * n), *range(n))  # (E1, *S, E2, *S)
