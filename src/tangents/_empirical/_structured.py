@@ -184,9 +184,17 @@ def ntk_structured_derivatives(
         total = contract_jacobians(f1.jac[leaf], f2.jac[leaf], spec) if plan.unexplained else None
         for p, ks in uses_of.items():
             contribution = _contribution(problem, tensors, plan, p, ks, f1, f2, leaf, spec, n_lead)
-            total = contribution if total is None else total + contribution
+            total = contribution if total is None else _accumulate(total, contribution)
         kernels.append(total)
     return kernels
+
+
+def _accumulate(total: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
+    """``total + contribution``, in place when nothing differentiates through ``total`` (a
+    fresh kernel-sized tensor each time costs a page fault per 4 KiB)."""
+    if total.requires_grad or contribution.requires_grad or total.shape != torch.broadcast_shapes(total.shape, contribution.shape):
+        return total + contribution
+    return total.add_(contribution)
 
 
 def _plan_key(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> tuple:
