@@ -169,24 +169,27 @@ def _brute_force_ntk(module, x1, x2):
     return torch.einsum("aop,bqp->aboq", j1, j2)
 
 
+class _FlatOutputs(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x).flatten(1)
+
+
+def flat_outputs(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with its outputs flattened to ``(N, O)`` (a plain Jacobian for the brute force)."""
+    return _FlatOutputs(module).eval()
+
+
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet_bn_eval", "transformer"])
 def test_implementations_agree_on_modules(name):
     module, x1, x2 = _modules()[name]
     # flatten the transformer's (N, L, C) output so the brute force is a plain (N, O) Jacobian
     f = module if name != "transformer" else (lambda p, x: torch.func.functional_call(module, p, (x,)).flatten(1))
     params = None if name != "transformer" else {k: v.detach() for k, v in module.named_parameters()}
-    if name == "transformer":
-        class Flat(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.m = module
-
-            def forward(self, x):
-                return self.m(x).flatten(1)
-
-        reference = _brute_force_ntk(Flat().eval(), x1, x2)
-    else:
-        reference = _brute_force_ntk(module, x1, x2)
+    reference = _brute_force_ntk(flat_outputs(module) if name == "transformer" else module, x1, x2)
     for vmap_axes in (None, 0):
         for implementation in (0, 1, 2, 3):
             ntk = empirical_ntk_fn(f, (), (), vmap_axes, implementation)(x1, x2, params)

@@ -10,7 +10,7 @@ import torch
 import tangents._empirical._ntk_vp as ntk_vp_mod
 from tangents import empirical_ntk_fn
 from reference_cases import relative_error
-from test_empirical import CASE_IDS, _brute_force_ntk, _modules, reference_network
+from test_empirical import CASE_IDS, _brute_force_ntk, _modules, flat_outputs, reference_network
 
 
 @pytest.fixture(params=[1, 3, None], ids=["chunk1", "chunk3", "unchunked"])
@@ -49,15 +49,7 @@ def test_chunked_rows_match_brute_force_on_modules(name, forced_chunk):
     transposed-pullback fallback runs inside the chunked ``vmap``)."""
     module, x1, x2 = _modules()[name]
     if name == "transformer":
-        class Flat(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.m = module
-
-            def forward(self, x):
-                return self.m(x).flatten(1)
-
-        module = Flat().eval()
+        module = flat_outputs(module)
     reference = _brute_force_ntk(module, x1, x2)
     for vmap_axes in (None, 0):
         ntk = empirical_ntk_fn(module, (), (), vmap_axes, 2)(x1, x2)
