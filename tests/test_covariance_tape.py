@@ -8,7 +8,6 @@ forced on, which the cost model would skip at these sizes).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
