@@ -104,14 +104,20 @@ def test_compiled_maps_take_masked_inputs_and_gradients_stay_eager(monkeypatch: 
     assert x.grad is not None and len(built) == 1
 
 
-def test_compiled_map_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def broken_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.compile`` returns functions that fail as a machine without a C++ compiler does."""
+
     def broken_compile(fn, **kwargs):  # noqa: ANN001, ANN003
         def run(*args):  # noqa: ANN002
-            raise RuntimeError("no C++ compiler found")
+            raise RuntimeError("no C++ compiler found\nlong details")
 
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
+
+
+def test_compiled_map_failure_falls_back_to_eager_with_a_warning(broken_compiler: None) -> None:
     conv = stax.serial(stax.Conv(8, (3,), padding="SAME"), stax.Gelu(), stax.GlobalAvgPool(), stax.Dense(1))
     x = torch.randn(3, 2, 5, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match=r"could not compile the kernel map of Gelu .*computing it eagerly"):
@@ -183,14 +189,7 @@ def test_calls_that_cannot_be_compiled_run_eagerly(monkeypatch: pytest.MonkeyPat
     assert calls == []  # (spatial: compiled maps, not whole-tile programs)
 
 
-def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_compile(fn, **kwargs):  # noqa: ANN001, ANN003
-        def run(*args):  # noqa: ANN002
-            raise RuntimeError("no C++ compiler found\nlong details")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+def test_compile_failure_falls_back_to_eager_with_a_warning(broken_compiler: None) -> None:
     net = stax.serial(stax.Dense(8, b_std=0.1), stax.Erf(), stax.Dense(1))
     x = torch.randn(7, 3, dtype=torch.float64)
     with pytest.warns(RuntimeWarning, match=r"could not compile .*RuntimeError: no C\+\+ compiler found\); computing it eagerly"):

@@ -213,12 +213,12 @@ def tiled(
     # progress=None: a bar appears only if the work takes longer than two seconds.
     bar = tqdm(total=len(tiles), desc="kernel tiles", disable=progress is False, delay=0 if progress else 2.0, leave=False)
     workers = torch.get_num_threads()
-    in_threads = analytic and parallel and workers > 1 and len(tiles) > 2 and _first_tensor(x1).device.type == "cpu"
+    in_threads = analytic and parallel and workers > 1 and len(tiles) > 2 and first_tensor(x1).device.type == "cpu"
     run = functools.partial(_run_all, workers if in_threads else 1, bar)
     if tape is not None and not symmetric:  # x2 given: each block's covariances first
         blocks = [(1, i) for i in starts1] + [(2, j) for j in starts2]
         record(blocks[0])
-        if _tape_fits(tapes[blocks[0]], len(blocks), _first_tensor(x1).device):
+        if _tape_fits(tapes[blocks[0]], len(blocks), first_tensor(x1).device):
             run(record, blocks[1:], count=False)
         else:
             tape, tapes = None, {}
@@ -226,7 +226,7 @@ def tiled(
         tiles.sort(key=lambda t: t[0] != t[1])
     compute(tiles[0])  # allocates the results
     bar.update()
-    if tape is not None and symmetric and not _tape_fits(tapes[(1, 0)], len(starts1), _first_tensor(x1).device):
+    if tape is not None and symmetric and not _tape_fits(tapes[(1, 0)], len(starts1), first_tensor(x1).device):
         tape = None
     if tape is not None and symmetric:
         run(compute, tiles[1 : len(starts1)])
@@ -274,8 +274,9 @@ def _tape_fits(first: Any, blocks: int, device: torch.device) -> bool:
     return first.nbytes() * blocks <= available_memory(device) // 8
 
 
-def _first_tensor(x: Any) -> torch.Tensor:
-    return _first_tensor(x[0]) if isinstance(x, (list, tuple)) else x
+def first_tensor(x: Any) -> torch.Tensor:
+    """The first tensor of an input that may be a (nested) list of tensors."""
+    return first_tensor(x[0]) if isinstance(x, (list, tuple)) else x
 
 
 def _split_kwargs_self(kwargs: dict[str, Any], rows1: slice, rows2: slice) -> dict[str, Any]:

@@ -145,6 +145,15 @@ class Problem:
         return {k: (0 if (self.independent and k in self.kwargs_axes and _is_tensor(v)) else None)
                 for k, v in kw.items()}
 
+    def batch_size(self, xb: PyTree, kw: dict[str, Any]) -> int:
+        """Examples in a batch-first batch (1 without ``vmap_axes``: the batch is one example)."""
+        if not self.independent:
+            return 1
+        for leaf, ax in zip(tree_flatten(xb)[0], _broadcast_axes(self.in_axes, xb, "in_axes")):
+            if _is_tensor(leaf) and ax is not None:
+                return leaf.shape[0]
+        return next((kw[k].shape[0] for k in self.kwargs_axes if _is_tensor(kw.get(k))), 1)
+
     def slice(self, xb: PyTree, kw: dict[str, Any], start: int, stop: int) -> tuple[PyTree, dict[str, Any]]:
         """Examples ``start:stop`` of a batch-first batch (kwargs with batch axes sliced too)."""
         xs = _map_tensors(lambda t: t[start:stop], xb)

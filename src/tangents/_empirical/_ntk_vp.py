@@ -25,12 +25,13 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import jvp, vjp, vmap
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from ._axes import PAIR, OutputSpec, reduce_full
-from ._function import Problem, _broadcast_axes
+from ._function import Problem
 from ._jacobian import jacobians
 from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, profile
+
 
 def jvp_any(fn: Callable, primals: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> Any:
     """``J v`` by forward mode, or, for ops without forward-mode rules, by transposing the
@@ -54,20 +55,6 @@ def ntk_vp(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: di
     return jvp_any(lambda *t: problem.per_batch(t, x1, kw1), tensors, tangents)
 
 
-def _batch_size(problem: Problem, xb: Any, kw: dict[str, Any]) -> int:
-    """Examples in the batch-first block ``xb`` (1 without ``vmap_axes``: one example)."""
-    if not problem.independent:
-        return 1
-    leaves = tree_flatten(xb)[0]
-    for leaf, ax in zip(leaves, _broadcast_axes(problem.in_axes, xb, "in_axes")):
-        if isinstance(leaf, torch.Tensor) and ax is not None:
-            return leaf.shape[0]
-    for k in problem.kwargs_axes:
-        if isinstance(kw.get(k), torch.Tensor):
-            return kw[k].shape[0]
-    return 1
-
-
 def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: dict[str, Any]) -> int:
     """Rows per ``vmap`` chunk of forward-mode products through ``x1``.
 
@@ -77,7 +64,7 @@ def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1:
     ``MIN_CHUNK_ROWS``) and the largest within ``CHUNK_TENSOR_BYTES``.
     """
     sizes = profile(problem, tensors, x1, kw1)
-    scale = _batch_size(problem, x1, kw1) * tensors[0].element_size()
+    scale = problem.batch_size(x1, kw1) * tensors[0].element_size()
     by_total = CHUNK_BYTES // max(1, sizes.activations * scale)
     by_largest = CHUNK_TENSOR_BYTES // max(1, sizes.largest * scale)
     return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))

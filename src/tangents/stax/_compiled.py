@@ -14,8 +14,8 @@ that one compiled program serves all of them. If compiling fails (no C++ compile
 unsupported operation), the tile is computed eagerly and a warning says so once.
 
 Spatial kernels are compiled differently (`compiled_elementwise`): their layers run eagerly,
-in small parallel tiles that replay each example's self-covariances (`_tape`; a whole-tile
-program cannot), and only each nonlinearity's map of a tile's ``(nngp, ntk)``, a dozen
+in small tiles (one after another) that replay each example's self-covariances (`_tape`; a
+whole-tile program cannot), and only each nonlinearity's map of a tile's ``(nngp, ntk)``, a dozen
 passes eagerly, runs as one compiled loop: several times faster for that part, and seconds to
 compile per activation and tile shape instead of a minute per network.
 """

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._kernel import KERNEL_FIELDS, Kernel
-from ..batching import available_memory, tiled
+from ..batching import available_memory, first_tensor, tiled
 from ._compiled import can_compile, compiled_elementwise, entries_per_pair, tile_program, worth_compiling
 from ._inputs import as_input_tensors, inputs_to_kernel
 from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
@@ -231,18 +231,11 @@ class Layer:
         batch, spatial, batch_axis, channel_axis = self.requirements.resolve(diagonal_batch, diagonal_spatial)
         compute_ntk = names is None or "ntk" in names
 
-        first = x1
-        while isinstance(first, (list, tuple)):
-            first = first[0]
-        pairs_are_spatial = entries_per_pair(first, batch_axis, channel_axis, spatial) > 1
+        pairs_are_spatial = entries_per_pair(first_tensor(x1), batch_axis, channel_axis, spatial) > 1
         # spatial kernels "compiled": eager layers, compiled nonlinearity maps (see `_compiled`)
         compiled_maps = compile is True and (pairs_are_spatial or not isinstance(x1, torch.Tensor))
 
         def kernel_of_inputs(a: Any, b: Any, tile_get: Get = None, **tile_kwargs: Any) -> Any:
-            with compiled_elementwise() if compiled_maps else contextlib.nullcontext():
-                return _kernel_of_inputs(a, b, tile_get, **tile_kwargs)
-
-        def _kernel_of_inputs(a: Any, b: Any, tile_get: Get = None, **tile_kwargs: Any) -> Any:
             a, mask_a = input_mask(a, mask_constant)
             b, mask_b = input_mask(b, mask_constant)
             k = _tree_map2(
@@ -260,7 +253,8 @@ class Layer:
             )
             if mask_constant is not None:
                 k = _tree_set_masks(k, mask_a, mask_b)
-            return _select(self.transform(k, **tile_kwargs), tile_get)
+            with compiled_elementwise() if compiled_maps else contextlib.nullcontext():
+                return _select(self.transform(k, **tile_kwargs), tile_get)
 
         tile = _auto_tile_size(x1, x2, batch, spatial, batch_axis, channel_axis)
         if (not pairs_are_spatial and compile is not False
