@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._axes import DIAG, PAIR, TRACE, OutputSpec
 from ._function import Problem, split_kwargs
+from ._memory import prime_allocator
 
 Impl = Callable[..., list[torch.Tensor]]
 
@@ -156,6 +157,8 @@ def empirical_kernel(
     out_spec = problem.out_spec
     if check_memory is not None:
         chunk_size = check_memory(problem, tensors, x1b, kw1b, n1, n2, specs, chunk_size)
+    if tensors:
+        prime_allocator(tensors[0].device)
     with warnings.catch_warnings():
         # functorch's note that an op (e.g. CPU flash attention) runs its vmap by a slow loop.
         warnings.filterwarnings("ignore", message=r".*have not yet implemented the batching rule.*")

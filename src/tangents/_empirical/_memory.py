@@ -22,6 +22,7 @@ computation before it starts.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +122,7 @@ def _read_available(device: torch.device) -> int:
     return batching.available_memory(device)
 
 
-def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: int, n2: int, dependent_n: int = 1
+def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: int, n2: int, independent: bool = True
           ) -> tuple[float, float]:
     """``(FLOPs, floats of memory)`` of implementation ``impl`` on an ``n1 × n2`` block."""
     s = _outputs(specs)
@@ -136,7 +137,8 @@ def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: 
         rows = n2 * s
         if rows > MIN_CHUNK_ROWS:  # chunked (`ntk_vector_products`); floats counted as 4 bytes
             rows = min(rows, max(MIN_CHUNK_ROWS, CHUNK_BYTES // 4 // max(1, n1 * a)))
-        mem = n2 * s * p + n1 * rows * a + n1 * n2 * s * s
+        held = rows if independent else n2 * s  # rows J2ᵀ e: a chunk's worth, or all of them
+        mem = held * p + n1 * rows * a + n1 * n2 * s * s
     else:
         lin = sum(min(t * t * (o + i), o * i) for t, i, o in prof.uses)
         other = max(p - sum(i * o for _, i, o in prof.uses), 0)
@@ -184,7 +186,7 @@ class MemoryPlanner:
         candidates = [self.implementation] if self.implementation else [1, 2, 3]
 
         def fits(impl: int, c1: int, c2: int) -> tuple[bool, float, float]:
-            flops, mem = costs(impl, prof, n_params, specs, c1, c2)
+            flops, mem = costs(impl, prof, n_params, specs, c1, c2, problem.independent)
             return mem * itemsize <= limit, flops, mem * itemsize
 
         if not problem.independent or chunk_size is not None:
@@ -226,3 +228,21 @@ class MemoryPlanner:
         return None if c >= max(n1, n2) else c
 
 
+_ALLOCATOR_PRIMED = False
+
+
+def prime_allocator(device: torch.device) -> None:
+    """Once per process: lets glibc reuse, rather than map and page-fault anew, the
+    same-sized blocks that successive chunks, blocks and calls allocate.
+
+    glibc serves blocks above its mmap threshold by fresh mappings (every page faulted on
+    first touch, which costs more than the arithmetic of a small convolution) and returns
+    heap memory above a trim threshold to the system; both thresholds rise when a mapped
+    block is freed, up to 32 MiB (documented in ``mallopt(3)``). Freeing one block just
+    under that cap, as any program handling a tensor of that size does, sets them once.
+    """
+    global _ALLOCATOR_PRIMED
+    if _ALLOCATOR_PRIMED or device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    _ALLOCATOR_PRIMED = True
+    torch.empty(((32 << 20) - (64 << 10)) // 4, dtype=torch.float32, device=device)  # freed at once

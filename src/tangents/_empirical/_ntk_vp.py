@@ -10,15 +10,17 @@ The forward-mode products are ``vmap``-ed over the rows in chunks (:func:`row_ch
 rows at once would make every intermediate tangent ``rows × |x1|`` times the size of an
 activation, far out of cache, and (past 32 MiB) mapped and page-faulted afresh by the C
 allocator on every use; a chunk of a few rows keeps them small and reused, while still
-amortizing the primal pass that each chunk repeats. For ``x2=None`` (independent examples)
-each chunk is pushed through only the examples up to its own (`_columns_by_halves`): Θ is
-symmetric, so the other half is mirrored, as in the other implementations.
+amortizing the primal pass that each chunk repeats. With independent examples the chunks
+are chunks of examples of ``x2`` whose rows are computed just before they are used (all rows
+at once would be ``|x2| × |S|`` parameter-sized vectors, written to memory and read back),
+and for ``x2=None`` each chunk is pushed through only the examples up to its own
+(`_columns_by_example_chunks`): Θ is symmetric, so the other half is mirrored, as in the
+other implementations.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import jvp, vjp, vmap
 from torch.utils._pytree import tree_map
 
-from ._axes import PAIR, OutputSpec, reduce_full
+from ._axes import OutputSpec, reduce_full
 from ._function import Problem
 from ._jacobian import jacobians
 from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, profile
@@ -70,56 +72,61 @@ def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1:
     return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))
 
 
-_ALLOCATOR_PRIMED = False
+def _flat_rows(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]
+               ) -> list[tuple[torch.Tensor, ...]]:
+    """Per output leaf, the rows ``J2ᵀ e`` of the examples ``xb``: ``(E·|S|, *p)`` per parameter,
+    each a tensor of its own (forward mode copies a tangent that is a slice of a larger one
+    into a fresh buffer before using it)."""
+    return [tuple(r.reshape(-1, *t.shape) for r, t in zip(leaf, tensors)) for leaf in jacobians(problem, tensors, xb, kw)]
 
 
-def _prime_allocator(device: torch.device) -> None:
-    """Once per process: lets glibc reuse, rather than map and page-fault anew, the
-    same-sized blocks that successive chunks allocate.
-
-    glibc serves blocks above its mmap threshold by fresh mappings (every page faulted on
-    first touch, which costs more than the arithmetic of a small convolution) and returns
-    heap memory above a trim threshold to the system; both thresholds rise when a mapped
-    block is freed, up to 32 MiB (documented in ``mallopt(3)``). Freeing one block just
-    under that cap, as any program handling a tensor of that size does, sets them once.
-    """
-    global _ALLOCATOR_PRIMED
-    if _ALLOCATOR_PRIMED or device.type != "cpu" or not sys.platform.startswith("linux"):
-        return
-    _ALLOCATOR_PRIMED = True
-    torch.empty(((32 << 20) - (64 << 10)) // 4, dtype=torch.float32, device=device)  # freed at once
+def _row_leads(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> list[torch.Size]:
+    """``(E, *S)`` of every output leaf of ``xb``: which rows ``J2ᵀ e`` there are."""
+    e = problem.batch_size(xb, kw)
+    with torch.no_grad():
+        one = problem.slice(xb, kw, 0, 1) if problem.independent else (xb, kw)
+        return [torch.Size((e, *leaf.shape[1:])) for leaf in problem.per_batch(tensors, *one)]
 
 
-def _columns_by_halves(
+def _columns_by_example_chunks(
     problem: Problem,
     tensors: tuple[torch.Tensor, ...],
     x1: Any,
     kw1: dict[str, Any],
-    flat: tuple[torch.Tensor, ...],
-    leaf: int,
-    lead: torch.Size,
+    x2: Any | None,
+    kw2: dict[str, Any],
+    leads: list[torch.Size],
     rows_per_chunk: int,
-) -> torch.Tensor:
-    """The ``(R, E, *S)`` columns of Θ(x1, x1), about half of them computed.
+) -> list[torch.Tensor]:
+    """Per output leaf, the ``(R, E1, *S)`` columns of Θ(x1, x2), a chunk of examples of
+    ``x2`` (``x1`` when ``x2`` is None) at a time: the chunk's rows ``J2ᵀ e`` are computed
+    just before they are pushed forward, so they stay in cache and only one chunk of them
+    is ever held.
 
-    The rows of the examples ``a:b`` (a chunk) are pushed forward through the examples
+    For ``x2=None`` the rows of the examples ``a:b`` are pushed forward through the examples
     ``0:b`` only, which gives Θ[0:b, a:b]; Θ[a:b, 0:a] is its mirror image (Θ is symmetric,
     ``Θ[e1, s1, e2, s2] = Θ[e2, s2, e1, s1]``), so the forward passes cover about half of
     the ``E × E`` example pairs.
     """
-    e, s = lead[0], math.prod(lead[1:])
-    per = max(1, rows_per_chunk // s)  # examples per chunk
-    cols: torch.Tensor | None = None
-    for a in range(0, e, per):
-        b = min(a + per, e)
-        xb, kb = problem.slice(x1, kw1, 0, b)
-        part = vmap(lambda *v: ntk_vp(problem, tensors, xb, kb, v)[leaf])(*(f[a * s : b * s] for f in flat))
-        if cols is None:  # part: (rows of a:b, examples 0:b, *S)
-            cols = part.new_empty((e * s, e) + tuple(part.shape[2:]))
-        cols[a * s : b * s, :b] = part
-        if a > 0:  # Θ[(e2 < a, s2), (e1 in a:b, s1)] = Θ[(e1, s1), (e2, s2)]
-            mirrored = part[:, :a].reshape(b - a, s, a, s).permute(2, 3, 0, 1)
-            cols[: a * s, a:b] = mirrored.reshape(a * s, b - a, *part.shape[2:])
+    src, ksrc = (x1, kw1) if x2 is None else (x2, kw2)
+    e1, e2 = problem.batch_size(x1, kw1), problem.batch_size(src, ksrc)
+    s_max = max(math.prod(lead[1:]) for lead in leads)
+    per = max(1, rows_per_chunk // s_max)  # examples per chunk
+    cols: list[torch.Tensor | None] = [None] * len(leads)
+    for a in range(0, e2, per):
+        b = min(a + per, e2)
+        rows = _flat_rows(problem, tensors, *problem.slice(src, ksrc, a, b))
+        xb, kb = problem.slice(x1, kw1, 0, b) if x2 is None else (x1, kw1)
+        for leaf, lead in enumerate(leads):
+            s = math.prod(lead[1:])
+            part = vmap(lambda *v: ntk_vp(problem, tensors, xb, kb, v)[leaf])(*rows[leaf])  # (rows of a:b, E, *S)
+            if cols[leaf] is None:
+                cols[leaf] = part.new_empty((e2 * s, e1) + tuple(part.shape[2:]))
+            out = cols[leaf]
+            out[a * s : b * s, : part.shape[1]] = part
+            if x2 is None and a > 0:  # Θ[(e2 < a, s2), (e1 in a:b, s1)] = Θ[(e1, s1), (e2, s2)]
+                mirrored = part[:, :a].reshape(b - a, s, a, s).permute(2, 3, 0, 1)
+                out[: a * s, a:b] = mirrored.reshape(a * s, b - a, *part.shape[2:])
     return cols
 
 
@@ -133,21 +140,20 @@ def ntk_vector_products(
     specs: list[OutputSpec],
 ) -> list[torch.Tensor]:
     """Canonical kernels (one per output leaf) for a block of examples."""
-    rows = jacobians(problem, tensors, x1 if x2 is None else x2, kw1 if x2 is None else kw2)
+    src, ksrc = (x1, kw1) if x2 is None else (x2, kw2)
+    leads = _row_leads(problem, tensors, src, ksrc)
+    n_rows = max(lead.numel() for lead in leads)
+    chunk = row_chunk(problem, tensors, x1, kw1) if n_rows > MIN_CHUNK_ROWS else None
+    if chunk is not None and chunk >= n_rows:
+        chunk = None
+    if problem.independent and chunk is not None:
+        columns = _columns_by_example_chunks(problem, tensors, x1, kw1, x2, kw2, leads, chunk)
+    else:  # one example (no vmap_axes) or few rows: all rows at once, chunked in the vmap
+        rows = _flat_rows(problem, tensors, src, ksrc)
+        columns = [vmap(lambda *v, leaf=leaf: ntk_vp(problem, tensors, x1, kw1, v)[leaf], chunk_size=chunk)(*rows[leaf])
+                   for leaf in range(len(specs))]  # (R, E1, *S)
     out = []
-    chunk = None
-    if max(r[0].shape[: len(s.kinds)].numel() for r, s in zip(rows, specs)) > MIN_CHUNK_ROWS:
-        chunk = row_chunk(problem, tensors, x1, kw1)
-    for leaf, (rows_leaf, spec) in enumerate(zip(rows, specs)):
-        lead = rows_leaf[0].shape[: len(spec.kinds)]  # (E2, *S)
-        flat = tuple(r.reshape(-1, *t.shape) for r, t in zip(rows_leaf, tensors))
-        c = chunk if chunk is not None and chunk < flat[0].shape[0] else None
-        if c is not None:
-            _prime_allocator(tensors[0].device)
-        if c is not None and x2 is None and problem.independent and spec.kinds[0] == PAIR:
-            cols = _columns_by_halves(problem, tensors, x1, kw1, flat, leaf, lead, c)
-        else:
-            cols = vmap(lambda *v: ntk_vp(problem, tensors, x1, kw1, v)[leaf], chunk_size=c)(*flat)  # (R, E1, *S)
+    for cols, lead, spec in zip(columns, leads, specs):
         n = len(spec.kinds)
         cols = cols.reshape(*lead, *cols.shape[1:])
         full = cols.permute(*range(n, 2 * n), *range(n))  # (E1, *S, E2, *S)
