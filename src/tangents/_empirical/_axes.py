@@ -64,19 +64,24 @@ def check_axes_disjoint(trace_axes: Axes, diagonal_axes: Axes) -> None:
 
 #: Rows per block when a batch's kernel with itself is contracted by symmetric halves.
 SELF_CONTRACT_BLOCK = 64
+#: Multiply-adds per kernel entry below which halving does not pay: mirroring an entry (a
+#: transposed copy, ~3 ns) costs about as much as 400 multiply-adds of the saved product.
+SELF_CONTRACT_MIN_WORK = 384
 
 
 def by_symmetric_halves(
-    e: int, panel: Callable[[int, int], torch.Tensor], mirror: Callable[[torch.Tensor], torch.Tensor]
+    e: int, panel: Callable[[int, int], torch.Tensor], mirror: Callable[[torch.Tensor], torch.Tensor],
+    work_per_entry: int,
 ) -> torch.Tensor | None:
     """A kernel ``K`` of ``e`` examples with themselves from its upper half alone.
 
     ``panel(i, j)`` computes rows ``i:j`` and columns ``i:`` of ``K`` (axes 0 and 1 the two
     examples); ``mirror`` turns a block into its transpose (``K[e2, e1, ...]`` from
     ``K[e1, e2, ...]``). Row panels of ``max(SELF_CONTRACT_BLOCK, e / 8)`` rows: about 56 %
-    of the full product's work. ``None`` when ``e`` is too small to bother.
+    of the full product's work. ``None`` when ``e`` is too small, or each entry too cheap
+    (``work_per_entry`` multiply-adds), to bother.
     """
-    if e < 2 * SELF_CONTRACT_BLOCK:
+    if e < 2 * SELF_CONTRACT_BLOCK or work_per_entry < SELF_CONTRACT_MIN_WORK:
         return None
     block = max(SELF_CONTRACT_BLOCK, -(-e // 8))
     out: torch.Tensor | None = None
@@ -191,7 +196,9 @@ class OutputSpec:
         K[e2, e1, s', s]``, so the rest is the mirror image of what was computed."""
         out = None
         if self.kinds[0] == PAIR:
-            out = by_symmetric_halves(a.shape[0], lambda i, j: self.contract(a[i:j], a[i:]), self._mirror)
+            kept = math.prod(s for k, s in zip(self.kinds[1:], a.shape[1:]) if k != TRACE)
+            out = by_symmetric_halves(a.shape[0], lambda i, j: self.contract(a[i:j], a[i:]), self._mirror,
+                                      a[0].numel() // max(kept, 1))
         return self.contract(a, a) if out is None else out
 
     def _mirror(self, k: torch.Tensor) -> torch.Tensor:

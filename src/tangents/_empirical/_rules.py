@@ -27,6 +27,10 @@ from ._axes import PAIR, TRACE, OutputSpec, by_symmetric_halves
 from ._recorder import Use
 
 _LINEAR = {F.linear, torch._C._nn.linear}
+_T = torch._C.TensorBase
+_MUL = {torch.mul, torch.multiply, _T.mul, _T.multiply}
+_DIV = {torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide}
+_NEG = {torch.neg, torch.negative, _T.neg, _T.negative}
 _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch._C.TensorBase.matmul}
 _CONV2D = {F.conv2d, torch.conv2d}
 
@@ -63,6 +67,34 @@ def classify(use: Use, p: int) -> Linearish | None:
             return Linearish("conv_weight")
         if use.arg(2, "bias") == ("param", p):
             return Linearish("conv_bias")
+    return None
+
+
+@dataclass
+class Scale:
+    """A call of the parameter alone times a number, ``y = c p`` (``c * p``, ``p / c``,
+    ``-p``): every example's Jacobian is ``c G``, no product through the call needed."""
+
+    factor: float
+
+
+def _number(a: object) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
+
+
+def scale_of(use: Use, p: int) -> Scale | None:
+    """The :class:`Scale` rule for parameter ``p`` in ``use``, or None."""
+    if use.inputs or list(use.params.values()) != [p]:
+        return None
+    first, second = use.arg(0, "input"), use.arg(1, "other")
+    mine = ("param", p)
+    if use.func in _NEG and first == mine:
+        return Scale(-1.0)
+    if use.func in _MUL and mine in (first, second):
+        number = second if first == mine else first
+        return Scale(float(number)) if _number(number) else None
+    if use.func in _DIV and first == mine and _number(second) and second != 0 and use.arg(2, "rounding_mode") is None:
+        return Scale(1.0 / second)
     return None
 
 
@@ -154,7 +186,7 @@ def _self_gram(x: torch.Tensor) -> torch.Tensor:
     def panel(i: int, j: int) -> torch.Tensor:
         return torch.einsum(x[i:j], [0, 1, 2], x[i:], [3, 4, 2], [0, 3, 1, 4])
 
-    out = by_symmetric_halves(x.shape[0], panel, lambda k: k.permute(1, 0, 3, 2))
+    out = by_symmetric_halves(x.shape[0], panel, lambda k: k.permute(1, 0, 3, 2), x.shape[2])
     return panel(0, x.shape[0]) if out is None else out
 
 

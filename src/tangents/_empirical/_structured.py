@@ -17,16 +17,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.func import jacrev, vjp, vmap
 
-from ._axes import OutputSpec
+from ._axes import PAIR, OutputSpec
 from ._function import Problem
 from ._jacobian import contract_jacobians
 from ._recorder import Recorder, Use
-from ._rules import classify, generic_jacobian, jacobian_of, structured, structured_is_cheaper, tokens
+from ._rules import classify, generic_jacobian, jacobian_of, scale_of, structured, structured_is_cheaper, tokens
 
 
 @dataclass
@@ -182,19 +183,91 @@ def ntk_structured_derivatives(
     for leaf, spec in enumerate(specs):
         n_lead = len(spec.kinds)
         total = contract_jacobians(f1.jac[leaf], f2.jac[leaf], spec) if plan.unexplained else None
+        grams = SelfGrams(spec) if f2 is f1 else None
         for p, ks in uses_of.items():
-            contribution = _contribution(problem, tensors, plan, p, ks, f1, f2, leaf, spec, n_lead)
-            total = contribution if total is None else _accumulate(total, contribution)
+            total = _add_contribution(total, problem, tensors, plan, p, ks, f1, f2, leaf, spec, n_lead, grams)
         kernels.append(total)
     return kernels
 
 
-def _accumulate(total: torch.Tensor, contribution: torch.Tensor) -> torch.Tensor:
-    """``total + contribution``, in place when nothing differentiates through ``total`` (a
-    fresh kernel-sized tensor each time costs a page fault per 4 KiB)."""
-    if total.requires_grad or contribution.requires_grad or total.shape != torch.broadcast_shapes(total.shape, contribution.shape):
-        return total + contribution
-    return total.add_(contribution)
+def _accumulate(total: torch.Tensor | None, k: torch.Tensor, factor: float = 1.0,
+                times: torch.Tensor | None = None) -> torch.Tensor:
+    """``total + factor · k`` (``⊙ times``), in place when nothing differentiates through
+    ``total`` (a fresh kernel-sized tensor each time costs a page fault per 4 KiB). ``k`` may
+    be a remembered Gram: it is never modified, nor returned itself."""
+    if total is None:
+        out = k * times if times is not None else k * factor
+        return out.mul_(factor) if times is not None and factor != 1.0 else out
+    operands = (total, k) if times is None else (total, k, times)
+    if any(t.requires_grad for t in operands) or total.shape != torch.broadcast_shapes(*(t.shape for t in operands)):
+        return total + (k * factor if times is None else k * times * factor)
+    return total.add_(k, alpha=factor) if times is None else total.addcmul_(k, times, value=factor)
+
+
+#: Relative agreement (in units of the dtype's epsilon) for two tensors to count as multiples.
+MULTIPLE_TOLERANCE = 8
+
+
+def multiple_of(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """``λ`` with ``a = λ b`` to within rounding (``max|a - λb| <= 8 ε max|a|``), else None.
+
+    ``λ = a[j] / b[j]`` at the largest of a few spread-out entries of ``b`` (a ratio of two
+    floats: exact to rounding, unlike a long dot product), checked on those entries first
+    (tensors that are not multiples are told apart in a few reads), then on all of them.
+    """
+    if a is b:
+        return 1.0
+    if (a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or a.numel() == 0
+            or a.requires_grad or b.requires_grad or not a.is_floating_point()):
+        return None
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    spread = torch.linspace(0, fa.numel() - 1, 17, device=a.device).long()
+    sa, sb = fa[spread], fb[spread]
+    j = int(sb.abs().argmax())
+    if float(sb[j]) == 0.0:
+        return None
+    lam = float(sa[j]) / float(sb[j])
+    tol = MULTIPLE_TOLERANCE * torch.finfo(a.dtype).eps
+    for xa, xb in ((sa, sb), (fa, fb)):
+        if not float(torch.add(xa, xb, alpha=-lam).abs().amax()) <= tol * float(xa.abs().amax()):  # NaN: no
+            return None
+    return lam
+
+
+class SelfGrams:
+    """``spec.contract_self(a)`` for the tensors of one output leaf of a batch with itself,
+    contracted once for tensors that are multiples of each other (and likewise the Grams
+    ``X Xᵀ`` of layer inputs, by :meth:`inputs`).
+
+    In a layer ``y = c (x Wᵀ) + s b`` the derivatives at the two calls are
+    ``∂f/∂(x Wᵀ) = c G`` and ``∂f/∂(s b) = G``, so the bias's Gram is ``1/c²`` times the one
+    the weight needs; ``nn.Linear``'s weight and bias share one ``G`` outright. A tensor is
+    matched against the last ``KEPT`` contracted (:func:`multiple_of`); a shared Gram differs
+    from a recomputed one by less than the rounding of the contraction itself.
+    """
+
+    KEPT = 4
+
+    def __init__(self, spec: OutputSpec) -> None:
+        self.spec = spec
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._inputs: SelfGrams | None = None
+
+    def of(self, a: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(k, c)`` with ``spec.contract_self(a) = c k``; ``k`` may be shared: never modify it."""
+        for b, k in self.kept:
+            lam = multiple_of(a, b)
+            if lam is not None:
+                return k, lam * lam
+        k = self.spec.contract_self(a)
+        self.kept = (self.kept + [(a, k)])[-self.KEPT :]
+        return k, 1.0
+
+    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(k, c)`` with ``c k = x xᵀ`` ``(E, E)`` for layer inputs ``x`` ``(E, n)``."""
+        if self._inputs is None:
+            self._inputs = SelfGrams(OutputSpec((PAIR,), 1, 0, (PAIR,), (x.shape[0],)))
+        return self._inputs.of(x)
 
 
 def _plan_key(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> tuple:
@@ -210,28 +283,49 @@ def _plan_key(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: 
     return (problem.independent, tuple(sig(t) for t in tensors), tuple(sig(l) for l in leaves))
 
 
-def _contribution(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan, p: int, ks: list[int],
-                  f1: Features, f2: Features, leaf: int, spec: OutputSpec, n_lead: int) -> torch.Tensor:
-    """Θ_p for one output leaf: structured when ``p`` has one linear-ish use, else Jacobians."""
+def _add_contribution(total: torch.Tensor | None, problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan,
+                      p: int, ks: list[int], f1: Features, f2: Features, leaf: int, spec: OutputSpec, n_lead: int,
+                      grams: SelfGrams | None) -> torch.Tensor:
+    """``total + Θ_p`` for one output leaf: structured when ``p`` has one linear-ish use, a
+    multiple of ``G`` for ``c p``, else Jacobians. ``grams`` (a batch with itself) shares
+    Grams between parameters whose derivatives are multiples of each other."""
     p_shape = tensors[p].shape
-    rules = [classify(plan.uses[k], p) for k in ks]
-    if len(ks) == 1 and rules[0] is not None:
-        k, rule = ks[0], rules[0]
-        g1, x1 = tokens(plan.uses[k], rule, p_shape, f1.gs[leaf][k], f1.inputs[k], n_lead)
-        g2, x2 = (g1, x1) if f2 is f1 else tokens(plan.uses[k], rule, p_shape, f2.gs[leaf][k], f2.inputs[k], n_lead)
-        if x1 is not None and structured_is_cheaper(spec, g1, x1, g2, x2):
-            return structured(spec, g1, x1, g2, x2)
-        if x1 is None:  # a bias: G summed over tokens is its Jacobian
-            j1 = g1.sum(-2)
-            return spec.contract_self(j1) if f2 is f1 else spec.contract(j1, g2.sum(-2))
-        j1 = jacobian_of(rule, p_shape, g1, x1)
-        return spec.contract_self(j1) if f2 is f1 else spec.contract(j1, jacobian_of(rule, p_shape, g2, x2))
+
+    def contract(j1: torch.Tensor, j2: Callable[[], torch.Tensor], factor: float = 1.0) -> torch.Tensor:
+        if grams is None:
+            return _accumulate(total, spec.contract(j1, j2()), factor)
+        k, c = grams.of(j1)
+        return _accumulate(total, k, c * factor)
+
+    if len(ks) == 1:
+        k = ks[0]
+        use = plan.uses[k]
+        scale = scale_of(use, p)
+        if scale is not None:  # every example's Jacobian is c G
+            return contract(f1.gs[leaf][k], lambda: f2.gs[leaf][k], scale.factor ** 2)
+        rule = classify(use, p)
+        if rule is not None:
+            g1, x1 = tokens(use, rule, p_shape, f1.gs[leaf][k], f1.inputs[k], n_lead)
+            g2, x2 = (g1, x1) if f2 is f1 else tokens(use, rule, p_shape, f2.gs[leaf][k], f2.inputs[k], n_lead)
+            if x1 is not None and structured_is_cheaper(spec, g1, x1, g2, x2):
+                if grams is not None and x1.shape[1] == 1 and spec.kinds[0] == PAIR:
+                    # one token: Θ_W = (G Gᵀ) ⊙ (X Xᵀ), both Grams shareable
+                    gg, c = grams.of(g1.squeeze(-2))
+                    xx, cx = grams.inputs(x1.squeeze(1))
+                    return _accumulate(total, gg, c * cx, xx.reshape(*xx.shape, *[1] * (gg.ndim - 2)))
+                return _accumulate(total, structured(spec, g1, x1, g2, x2))
+            if x1 is None:  # a bias: G summed over tokens is its Jacobian
+                return contract(g1.sum(-2), lambda: g2.sum(-2))
+            return contract(jacobian_of(rule, p_shape, g1, x1), lambda: jacobian_of(rule, p_shape, g2, x2))
 
     def jac(f: Features) -> torch.Tensor:
         total = None
-        for k, rule in zip(ks, rules):
+        for k in ks:
             use, g, inputs = plan.uses[k], f.gs[leaf][k], f.inputs[k]
-            if rule is not None:
+            rule, scale = classify(use, p), scale_of(use, p)
+            if scale is not None:
+                j = g.reshape(*g.shape[:n_lead], *p_shape) * scale.factor
+            elif rule is not None:
                 gg, xx = tokens(use, rule, p_shape, g, inputs, n_lead)
                 j = jacobian_of(rule, p_shape, gg, xx)
             else:
@@ -239,5 +333,4 @@ def _contribution(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Pla
             total = j if total is None else total + j
         return total
 
-    j1 = jac(f1)
-    return spec.contract_self(j1) if f2 is f1 else spec.contract(j1, jac(f2))
+    return contract(jac(f1), lambda: jac(f2))
