@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._axes import DIAG, PAIR, TRACE, OutputSpec
 from ._function import Problem, split_kwargs
-from ._memory import prime_allocator
+from ._memory import Profile, prime_allocator, profile
 
 Impl = Callable[..., list[torch.Tensor]]
 
@@ -30,29 +30,33 @@ def output_specs(
     x1b: Any, kw1: dict[str, Any], n1: int,
     x2b: Any | None, kw2: dict[str, Any], n2: int,
     trace_axes: Any, diagonal_axes: Any,
+    first: Profile | None = None,
 ) -> tuple[list[OutputSpec], list[tuple[int, ...]], list[tuple[int, ...]]]:
     """One spec per output leaf, and the true output shapes for x1 and x2.
 
-    Shapes come from a forward pass on one example (or the whole batch without vmap_axes).
+    Shapes come from a forward pass on one example (or the whole batch without vmap_axes);
+    ``first``, a :func:`~._memory.profile` of x1 made by the caller, saves that of x1.
     """
 
-    def shapes(xb: Any, kw: dict[str, Any], n: int) -> list[tuple[int, ...]]:
-        with torch.no_grad():
-            if problem.independent:
-                xs, ks = problem.slice(xb, kw, 0, 1)
-                leaves = problem.per_batch(tensors, xs, ks)
-            else:
-                leaves = problem.per_batch(tensors, xb, kw)
+    def shapes(xb: Any, kw: dict[str, Any], n: int, known: list[tuple[int, ...]] | None = None) -> list[tuple[int, ...]]:
+        if known is None:
+            with torch.no_grad():
+                if problem.independent:
+                    xs, ks = problem.slice(xb, kw, 0, 1)
+                    leaves = problem.per_batch(tensors, xs, ks)
+                else:
+                    leaves = problem.per_batch(tensors, xb, kw)
+            known = [tuple(leaf.shape) for leaf in leaves]
         out = []
-        for leaf, ax in zip(leaves, problem.out_batch_axes):
-            s = list(leaf.shape[1:])
+        for shape, ax in zip(known, problem.out_batch_axes):
+            s = list(shape[1:])
             if ax is not None:
                 s.insert(ax, n)
             out.append(tuple(s))
         return out
 
     shapes2 = shapes(x2b, kw2, n2) if x2b is not None else None
-    shapes1 = shapes(x1b, kw1, n1)
+    shapes1 = shapes(x1b, kw1, n1, first.outputs if first is not None else None)
     if shapes2 is None:
         shapes2 = shapes1
     if len(shapes1) != len(shapes2):
@@ -153,10 +157,11 @@ def empirical_kernel(
         x2b, kw2b, n2 = problem.to_batch_first(x2, kw2)
     else:
         x2b, kw2b, n2 = None, kw1b, n1
-    specs, _, _ = output_specs(problem, tensors, x1b, kw1b, n1, x2b, kw2b, n2, trace_axes, diagonal_axes)
+    first = profile(problem, tensors, x1b, kw1b) if check_memory is not None else None  # sizes and shapes
+    specs, _, _ = output_specs(problem, tensors, x1b, kw1b, n1, x2b, kw2b, n2, trace_axes, diagonal_axes, first)
     out_spec = problem.out_spec
     if check_memory is not None:
-        chunk_size = check_memory(problem, tensors, x1b, kw1b, n1, n2, specs, chunk_size)
+        chunk_size = check_memory(problem, tensors, x1b, kw1b, n1, n2, specs, chunk_size, first)
     if tensors:
         prime_allocator(tensors[0].device)
     with warnings.catch_warnings():

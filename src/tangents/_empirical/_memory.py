@@ -57,6 +57,7 @@ class Profile:
     largest: int = 0  # floats of the largest intermediate
     flops: int = 0
     uses: list[tuple[int, int, int]] = field(default_factory=list)  # (T, fan_in, fan_out)
+    outputs: list[tuple[int, ...]] = field(default_factory=list)  # output leaves, example axis first
 
 
 class _Counter(TorchFunctionMode):
@@ -97,9 +98,10 @@ def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: di
     with torch.no_grad(), counter:
         if problem.independent:
             xs, ks = problem.slice(xb, kw, 0, 1)
-            problem.per_batch(tensors, xs, ks)
+            leaves = problem.per_batch(tensors, xs, ks)
         else:
-            problem.per_batch(tensors, xb, kw)
+            leaves = problem.per_batch(tensors, xb, kw)
+    counter.profile.outputs = [tuple(leaf.shape) for leaf in leaves]
     return counter.profile
 
 
@@ -176,12 +178,13 @@ class MemoryPlanner:
         return _impl_fn(impl)(*args, **kwargs)
 
     def plan(self, problem: Problem, tensors: tuple[torch.Tensor, ...], x1b: Any, kw1: dict[str, Any],
-             n1: int, n2: int, specs: list[OutputSpec], chunk_size: int | None) -> int | None:
+             n1: int, n2: int, specs: list[OutputSpec], chunk_size: int | None, prof: Profile | None = None
+             ) -> int | None:
         itemsize = tensors[0].element_size()
         limit = self.memory_limit
         if limit is None:
             limit = int(0.8 * available_memory(tensors[0].device))
-        prof = profile(problem, tensors, x1b, kw1)
+        prof = prof or profile(problem, tensors, x1b, kw1)
         n_params = sum(t.numel() for t in tensors)
         candidates = [self.implementation] if self.implementation else [1, 2, 3]
 

@@ -36,6 +36,8 @@ class Plan:
 
     uses: list[Use]
     unexplained: list[int]
+    batched: BatchedProbes | None = None  # set once verified (see `batched_probes`)
+    batched_checked: bool = False
 
 
 def _first_example(problem: Problem, xb: Any, kw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -152,6 +154,138 @@ def features(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan, xb
     return Features(gs, [[t.unsqueeze(0) for t in a] for a in aux], js)
 
 
+@dataclass
+class BatchedProbes:
+    """Where the examples sit in each recorded call of ``f`` run on a whole batch.
+
+    Probing one example at a time (``vmap`` of a reverse-mode Jacobian) costs a ``vmap``-ed
+    backward pass; with independent examples the same ``G`` come from one backward pass of
+    the *summed* outputs through the batched ``f``, ``∂(Σ_e f_e)/∂y_e = ∂f_e/∂y_e``, when every
+    probe carries the example axis where the batched call has it: ``out_axes[k]`` is that
+    axis of use ``k``'s output (None: the output is shared by all examples, e.g. ``c * b``,
+    and its probe gets a leading example axis), ``input_axes[k]`` those of its inputs.
+    """
+
+    out_axes: list[int | None]
+    input_axes: list[list[int | None]]
+
+
+_NO_AXIS = -1
+
+
+def _example_axis(per_example: tuple[int, ...], batched: tuple[int, ...], n: int) -> int | None:
+    """The axis that holds ``n`` examples in ``batched`` and one in ``per_example`` (None if
+    the shapes agree: not batched); ``_NO_AXIS`` if the shapes relate otherwise."""
+    if len(per_example) != len(batched):
+        return _NO_AXIS
+    differ = [i for i, (a, b) in enumerate(zip(per_example, batched)) if a != b]
+    if not differ:
+        return None
+    if len(differ) == 1 and per_example[differ[0]] == 1 and batched[differ[0]] == n:
+        return differ[0]
+    return _NO_AXIS
+
+
+def _probe_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan, out_axes: list[int | None],
+                 xb: Any, kw: dict[str, Any]) -> tuple[list[tuple[torch.Tensor, ...]], list[list[torch.Tensor]]]:
+    """``(∂(Σ_e f_e)/∂probe_k`` ``(*S, *probe_k)`` per leaf, recorded inputs``)`` from ``f``
+    run on the whole batch: one plain backward pass per output entry ``S`` (batched over
+    them when there are several). The results stay differentiable in the parameters when
+    grad mode is on and they require grad, as the per-example path's do."""
+    n = problem.batch_size(xb, kw)
+    dtype, device = tensors[0].dtype, tensors[0].device
+    keep_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    with torch.enable_grad():
+        probes = []
+        for use, ax in zip(plan.uses, out_axes):
+            shape = list(use.out_shape)
+            if ax is None:
+                shape.insert(0, n)
+            else:
+                shape[ax] = n
+            probes.append(torch.zeros(shape, dtype=dtype, device=device, requires_grad=True))
+        rec = Recorder(tensors, tuple(probes))
+        with rec:
+            outs = problem.per_batch(tensors, xb, kw)
+        jac = []
+        for i, out in enumerate(outs):
+            total = out.sum(0)
+            m = total.numel()
+            seeds = torch.ones_like(total) if m == 1 else torch.eye(m, dtype=dtype, device=device).reshape(m, *total.shape)
+            grads = torch.autograd.grad(total, probes, seeds, retain_graph=keep_graph or i + 1 < len(outs),
+                                        create_graph=keep_graph, allow_unused=True, is_grads_batched=m > 1)
+            per_use = []
+            for g, probe in zip(grads, probes):
+                g = torch.zeros((m, *probe.shape), dtype=dtype, device=device) if g is None else g
+                per_use.append(g.reshape(*total.shape, *probe.shape))
+            jac.append(tuple(per_use))
+    aux = rec.aux
+    if not keep_graph:
+        jac = [tuple(g.detach() for g in per_use) for per_use in jac]
+        aux = [[t.detach() for t in ins] for ins in aux]
+    return jac, aux
+
+
+def _features_from_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan, layout: BatchedProbes,
+                         xb: Any, kw: dict[str, Any]) -> Features:
+    """:func:`features` by one backward pass of the batch (see :class:`BatchedProbes`)."""
+    n = problem.batch_size(xb, kw)
+    jac, aux = _probe_batch(problem, tensors, plan, layout.out_axes, xb, kw)
+    gs = []
+    for per_use in jac:
+        leaf = []
+        for g, use, ax in zip(per_use, plan.uses, layout.out_axes):
+            n_s = g.ndim - len(use.out_shape) - (ax is None)  # G: (*S, *probe)
+            leaf.append(g.movedim(n_s, 0) if ax is None else g.movedim(n_s + ax, 0).unsqueeze(1 + n_s + ax))
+        gs.append(tuple(leaf))
+    inputs = [[t.expand(n, *t.shape) if ax is None else t.movedim(ax, 0).unsqueeze(ax + 1) for t, ax in zip(ins, axes)]
+              for ins, axes in zip(aux, layout.input_axes)]
+    return Features(gs, inputs, [() for _ in gs])
+
+
+def batched_probes(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan, xb: Any, kw: dict[str, Any]
+                   ) -> BatchedProbes | None:
+    """The :class:`BatchedProbes` of ``f``, verified on three examples against probing them one
+    at a time; None when ``f`` run on a batch does not show the examples apart (or the
+    verification fails: batch-dependent layers, a probe broadcast along another axis, ...)."""
+    n = min(problem.batch_size(xb, kw), 3)
+    if not problem.independent or plan.unexplained or not plan.uses or n < 2:
+        return None
+    xs, ks = problem.slice(xb, kw, 0, n)
+    rec = Recorder(tensors)
+    try:
+        with torch.no_grad(), rec:
+            problem.per_batch(tensors, xs, ks)
+    except Exception:  # noqa: BLE001 - only an optimization: fall back to per-example probes
+        return None
+    if [u.func for u in rec.uses] != [u.func for u in plan.uses]:
+        return None
+    out_axes = [_example_axis(u.out_shape, b.out_shape, n) for u, b in zip(plan.uses, rec.uses)]
+    if any(ax == _NO_AXIS or (ax is None and u.inputs) for ax, u in zip(out_axes, plan.uses)):
+        return None
+    reference = features(problem, tensors, plan, xs, ks)
+    try:
+        _, aux = _probe_batch(problem, tensors, plan, out_axes, xs, ks)
+        input_axes = [[_example_axis(tuple(r.shape[1:]), tuple(t.shape), n) for r, t in zip(rs, ts)]
+                      for rs, ts in zip(reference.inputs, aux)]
+        if any(ax == _NO_AXIS for axes in input_axes for ax in axes):
+            return None
+        layout = BatchedProbes(out_axes, input_axes)
+        ours = _features_from_batch(problem, tensors, plan, layout, xs, ks)
+    except Exception:  # noqa: BLE001
+        return None
+    pairs = [(a, b) for ra, oa in zip(reference.gs, ours.gs) for a, b in zip(ra, oa)]
+    pairs += [(a, b) for ra, oa in zip(reference.inputs, ours.inputs) for a, b in zip(ra, oa)]
+    rtol = 1e-4 if tensors[0].dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
+    with torch.no_grad():
+        for a, b in pairs:
+            if a.shape != b.shape:
+                return None
+            if a.numel() and not float((a - b).abs().max()) <= rtol * max(float(a.abs().max()), 1e-30):
+                return None
+    return layout
+
+
 def ntk_structured_derivatives(
     problem: Problem,
     tensors: tuple[torch.Tensor, ...],
@@ -173,8 +307,17 @@ def ntk_structured_derivatives(
         plan = discover(problem, tensors, x1, kw1)
         if cache is not None:
             cache[key] = plan
-    f1 = features(problem, tensors, plan, x1, kw1)
-    f2 = f1 if x2 is None else features(problem, tensors, plan, x2, kw2)
+    if not plan.batched_checked and problem.batch_size(x1, kw1) >= 2:
+        plan.batched = batched_probes(problem, tensors, plan, x1, kw1)
+        plan.batched_checked = True
+
+    def features_of(xb: Any, kw: dict[str, Any]) -> Features:
+        if plan.batched is not None:
+            return _features_from_batch(problem, tensors, plan, plan.batched, xb, kw)
+        return features(problem, tensors, plan, xb, kw)
+
+    f1 = features_of(x1, kw1)
+    f2 = f1 if x2 is None else features_of(x2, kw2)
     uses_of: dict[int, list[int]] = {}
     for k, use in enumerate(plan.uses):
         for i in sorted(set(use.params.values()) - set(plan.unexplained)):
@@ -208,30 +351,56 @@ def _accumulate(total: torch.Tensor | None, k: torch.Tensor, factor: float = 1.0
 MULTIPLE_TOLERANCE = 8
 
 
-def multiple_of(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """``λ`` with ``a = λ b`` to within rounding (``max|a - λb| <= 8 ε max|a|``), else None.
+class Fingerprint:
+    """A tensor with a few spread-out entries read once (``values``), so that other tensors
+    are tested for being multiples of it (:meth:`multiple`) mostly in plain Python."""
 
-    ``λ = a[j] / b[j]`` at the largest of a few spread-out entries of ``b`` (a ratio of two
-    floats: exact to rounding, unlike a long dot product), checked on those entries first
-    (tensors that are not multiples are told apart in a few reads), then on all of them.
-    """
-    if a is b:
-        return 1.0
-    if (a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or a.numel() == 0
-            or a.requires_grad or b.requires_grad or not a.is_floating_point()):
-        return None
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    spread = torch.linspace(0, fa.numel() - 1, 17, device=a.device).long()
-    sa, sb = fa[spread], fb[spread]
-    j = int(sb.abs().argmax())
-    if float(sb[j]) == 0.0:
-        return None
-    lam = float(sa[j]) / float(sb[j])
-    tol = MULTIPLE_TOLERANCE * torch.finfo(a.dtype).eps
-    for xa, xb in ((sa, sb), (fa, fb)):
-        if not float(torch.add(xa, xb, alpha=-lam).abs().amax()) <= tol * float(xa.abs().amax()):  # NaN: no
+    SPREAD = 17
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.flat = tensor.reshape(-1)
+        n = self.flat.numel()
+        where = torch.linspace(0, max(n - 1, 0), self.SPREAD, device=tensor.device).long()
+        self.values: list[float] = self.flat[where].tolist() if n and tensor.is_floating_point() else []
+        self._max_abs: float | None = None
+
+    @property
+    def max_abs(self) -> float:
+        if self._max_abs is None:
+            self._max_abs = float(self.flat.abs().amax())
+        return self._max_abs
+
+    def multiple(self, other: Fingerprint) -> float | None:
+        """``λ`` with ``other = λ self`` to within rounding (``max|other - λ self| <= 8 ε
+        max|λ self|``), else None.
+
+        ``λ`` is the ratio at the largest spread-out entry (a ratio of two floats: exact to
+        rounding, unlike a long dot product); the spread-out entries are compared first, all
+        entries only if they agree.
+        """
+        a, b = other.tensor, self.tensor
+        if a is b:
+            return 1.0
+        if (a.shape != b.shape or a.dtype != b.dtype or a.device != b.device or not self.values
+                or a.requires_grad or b.requires_grad):
             return None
-    return lam
+        j = max(range(len(self.values)), key=lambda i: abs(self.values[i]))
+        if self.values[j] == 0.0:
+            return None
+        lam = other.values[j] / self.values[j]
+        tol = MULTIPLE_TOLERANCE * torch.finfo(a.dtype).eps
+        spread_error = max(abs(x - lam * y) for x, y in zip(other.values, self.values))
+        if not spread_error <= tol * max(abs(x) for x in other.values):  # NaN: not a multiple
+            return None
+        if not float(torch.add(other.flat, self.flat, alpha=-lam).abs_().amax()) <= tol * abs(lam) * self.max_abs:
+            return None
+        return lam
+
+
+def multiple_of(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """``λ`` with ``a = λ b`` to within rounding, else None (see :meth:`Fingerprint.multiple`)."""
+    return Fingerprint(b).multiple(Fingerprint(a))
 
 
 class SelfGrams:
@@ -242,25 +411,26 @@ class SelfGrams:
     In a layer ``y = c (x Wᵀ) + s b`` the derivatives at the two calls are
     ``∂f/∂(x Wᵀ) = c G`` and ``∂f/∂(s b) = G``, so the bias's Gram is ``1/c²`` times the one
     the weight needs; ``nn.Linear``'s weight and bias share one ``G`` outright. A tensor is
-    matched against the last ``KEPT`` contracted (:func:`multiple_of`); a shared Gram differs
-    from a recomputed one by less than the rounding of the contraction itself.
+    matched against the last ``KEPT`` contracted (:class:`Fingerprint`); a shared Gram
+    differs from a recomputed one by less than the rounding of the contraction itself.
     """
 
     KEPT = 4
 
     def __init__(self, spec: OutputSpec) -> None:
         self.spec = spec
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.kept: list[tuple[Fingerprint, torch.Tensor]] = []
         self._inputs: SelfGrams | None = None
 
     def of(self, a: torch.Tensor) -> tuple[torch.Tensor, float]:
         """``(k, c)`` with ``spec.contract_self(a) = c k``; ``k`` may be shared: never modify it."""
-        for b, k in self.kept:
-            lam = multiple_of(a, b)
+        mine = Fingerprint(a)
+        for theirs, k in reversed(self.kept):  # the latest first: a layer's bias follows its weight
+            lam = theirs.multiple(mine)
             if lam is not None:
                 return k, lam * lam
         k = self.spec.contract_self(a)
-        self.kept = (self.kept + [(a, k)])[-self.KEPT :]
+        self.kept = (self.kept + [(mine, k)])[-self.KEPT :]
         return k, 1.0
 
     def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
