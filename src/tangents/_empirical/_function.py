@@ -154,6 +154,24 @@ class Problem:
                 return leaf.shape[0]
         return next((kw[k].shape[0] for k in self.kwargs_axes if _is_tensor(kw.get(k))), 1)
 
+    def signature(self, tensors: tuple[torch.Tensor, ...], xb: PyTree, kw: dict[str, Any]) -> tuple:
+        """What the layers ``f`` calls and the shapes it makes depend on: the parameters' and
+        the (per-example) inputs' shapes, dtypes and devices, and the other arguments.
+
+        Results derived from one forward pass (recorded layer calls, output shapes, sizes)
+        are reused for calls of the same signature: a network whose calls or shapes depend
+        on the values of its inputs is not supported by those reuses.
+        """
+
+        def sig(t: Any) -> Any:
+            if isinstance(t, torch.Tensor):
+                shape = tuple(t.shape[1:]) if self.independent else tuple(t.shape)
+                return (shape, t.dtype, t.device)
+            return repr(t)
+
+        leaves = tree_flatten((xb, kw))[0]
+        return (self.independent, tuple(sig(t) for t in tensors), tuple(sig(leaf) for leaf in leaves))
+
     def slice(self, xb: PyTree, kw: dict[str, Any], start: int, stop: int) -> tuple[PyTree, dict[str, Any]]:
         """Examples ``start:stop`` of a batch-first batch (kwargs with batch axes sliced too)."""
         xs = _map_tensors(lambda t: t[start:stop], xb)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -301,7 +302,7 @@ def ntk_structured_derivatives(
     ``cache`` (a dict kept by the caller) reuses the discovery for the same parameter and
     per-example input shapes (the recorded calls do not depend on the values).
     """
-    key = _plan_key(problem, tensors, x1, kw1)
+    key = problem.signature(tensors, x1, kw1)
     plan = cache.get(key) if cache is not None else None
     if plan is None:
         plan = discover(problem, tensors, x1, kw1)
@@ -351,6 +352,12 @@ def _accumulate(total: torch.Tensor | None, k: torch.Tensor, factor: float = 1.0
 MULTIPLE_TOLERANCE = 8
 
 
+@functools.lru_cache(maxsize=64)
+def _spread(n: int, device: torch.device) -> torch.Tensor:
+    """``Fingerprint.SPREAD`` indices spread evenly over ``range(n)``."""
+    return torch.linspace(0, n - 1, Fingerprint.SPREAD, device=device).long()
+
+
 class Fingerprint:
     """A tensor with a few spread-out entries read once (``values``), so that other tensors
     are tested for being multiples of it (:meth:`multiple`) mostly in plain Python."""
@@ -361,8 +368,7 @@ class Fingerprint:
         self.tensor = tensor
         self.flat = tensor.reshape(-1)
         n = self.flat.numel()
-        where = torch.linspace(0, max(n - 1, 0), self.SPREAD, device=tensor.device).long()
-        self.values: list[float] = self.flat[where].tolist() if n and tensor.is_floating_point() else []
+        self.values: list[float] = self.flat[_spread(n, tensor.device)].tolist() if n and tensor.is_floating_point() else []
         self._max_abs: float | None = None
 
     @property
@@ -438,19 +444,6 @@ class SelfGrams:
         if self._inputs is None:
             self._inputs = SelfGrams(OutputSpec((PAIR,), 1, 0, (PAIR,), (x.shape[0],)))
         return self._inputs.of(x)
-
-
-def _plan_key(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> tuple:
-    def sig(t: Any) -> Any:
-        if isinstance(t, torch.Tensor):
-            shape = tuple(t.shape[1:]) if problem.independent else tuple(t.shape)
-            return (shape, t.dtype, t.device)
-        return repr(t)
-
-    from torch.utils._pytree import tree_flatten
-
-    leaves = tree_flatten((xb, kw))[0]
-    return (problem.independent, tuple(sig(t) for t in tensors), tuple(sig(l) for l in leaves))
 
 
 def _add_contribution(total: torch.Tensor | None, problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan,
