@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -197,14 +198,15 @@ def _probe_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan
     dtype, device = tensors[0].dtype, tensors[0].device
     keep_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     with torch.enable_grad():
-        probes = []
+        zero = torch.zeros((), dtype=dtype, device=device, requires_grad=True)
+        probes = []  # views of one zero (nothing to fill), each its own node of the graph
         for use, ax in zip(plan.uses, out_axes):
             shape = list(use.out_shape)
             if ax is None:
                 shape.insert(0, n)
             else:
                 shape[ax] = n
-            probes.append(torch.zeros(shape, dtype=dtype, device=device, requires_grad=True))
+            probes.append(zero.expand(shape))
         rec = Recorder(tensors, tuple(probes))
         with rec:
             outs = problem.per_batch(tensors, xb, kw)
@@ -352,6 +354,12 @@ def _accumulate(total: torch.Tensor | None, k: torch.Tensor, factor: float = 1.0
 MULTIPLE_TOLERANCE = 8
 
 
+def _max_abs(t: torch.Tensor) -> float:
+    """``max |t|`` in one pass over ``t`` (NaN if ``t`` has one)."""
+    low, high = (float(v) for v in torch.aminmax(t))
+    return float("nan") if math.isnan(low) or math.isnan(high) else max(-low, high)
+
+
 @functools.lru_cache(maxsize=64)
 def _spread(n: int, device: torch.device) -> torch.Tensor:
     """``Fingerprint.SPREAD`` indices spread evenly over ``range(n)``."""
@@ -374,7 +382,7 @@ class Fingerprint:
     @property
     def max_abs(self) -> float:
         if self._max_abs is None:
-            self._max_abs = float(self.flat.abs().amax())
+            self._max_abs = _max_abs(self.flat)
         return self._max_abs
 
     def multiple(self, other: Fingerprint) -> float | None:
@@ -399,7 +407,7 @@ class Fingerprint:
         spread_error = max(abs(x - lam * y) for x, y in zip(other.values, self.values))
         if not spread_error <= tol * max(abs(x) for x in other.values):  # NaN: not a multiple
             return None
-        if not float(torch.add(other.flat, self.flat, alpha=-lam).abs_().amax()) <= tol * abs(lam) * self.max_abs:
+        if not _max_abs(torch.add(other.flat, self.flat, alpha=-lam)) <= tol * abs(lam) * self.max_abs:
             return None
         return lam
 
