@@ -383,7 +383,7 @@ def test_auto_prefers_structured_derivatives_for_a_wide_mlp():
     from tangents._empirical._function import make_problem
 
     empirical_kernel(planner.impl_fn, make_problem(net, None, 0, "t"), torch.randn(8, 100), None, {},
-                     (-1,), (), None, check_memory=planner.plan)
+                     (-1,), (), None, planner=planner)
     assert planner.chosen == NtkImplementation.STRUCTURED_DERIVATIVES
 
 
@@ -468,3 +468,26 @@ def test_structured_derivatives_on_matmul_tokens_and_shared_weights():
     for vmap_axes in (None, 0):
         ntk = empirical_ntk_fn(f, trace_axes=(), vmap_axes=vmap_axes, implementation=3)(x1, x2, params)
         assert relative_error(ntk, ref.numpy()) <= 1e-12
+
+
+def test_profile_is_reused_for_the_same_shapes_and_redone_for_others(monkeypatch):
+    """One forward pass on one example (output shapes, memory estimate) per input shape and
+    ntk_fn, with vmap_axes; every call without (outputs may depend on the whole batch)."""
+    import tangents._empirical._memory as memory_module
+
+    calls = []
+    original = memory_module.profile
+    monkeypatch.setattr(memory_module, "profile", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    fn = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0)
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    first, again = fn(x), fn(x)
+    assert len(calls) == 1 and first.shape == again.shape == (5, 5, 2, 2)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert fn(y).shape == (6, 6, 2, 2) and len(calls) == 1  # another batch size, same per-example shapes
+    assert fn(torch.randn(5, 4, 3, dtype=torch.float64)).shape == (5, 5, 4, 4, 2, 2)  # another example shape
+    assert len(calls) == 2
+    batch_fn = empirical_ntk_fn(net, trace_axes=())
+    batch_fn(x), batch_fn(x)
+    assert len(calls) == 4

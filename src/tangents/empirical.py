@@ -157,7 +157,7 @@ def empirical_ntk_fn(
         planner = MemoryPlanner(implementation, memory_limit, cache)
         return empirical_kernel(
             planner.impl_fn, problem, x1, x2, apply_fn_kwargs, trace_axes, diagonal_axes, chunk_size,
-            check_memory=planner.plan,
+            planner=planner,
         )
 
     return ntk_fn

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ._axes import DIAG, PAIR, TRACE, OutputSpec
 from ._function import Problem, split_kwargs
-from ._memory import Profile, prime_allocator, profile
+from ._memory import MemoryPlanner, Profile, prime_allocator
 
 Impl = Callable[..., list[torch.Tensor]]
 
@@ -140,7 +140,7 @@ def empirical_kernel(
     x1: Any, x2: Any | None, kwargs: dict[str, Any],
     trace_axes: Any, diagonal_axes: Any,
     chunk_size: int | None,
-    check_memory: Callable[..., int | None] | None = None,
+    planner: MemoryPlanner | None = None,
 ) -> Any:
     """The full driver: validate, spec, (estimate memory), compute by blocks, finalize, unflatten."""
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -157,11 +157,11 @@ def empirical_kernel(
         x2b, kw2b, n2 = problem.to_batch_first(x2, kw2)
     else:
         x2b, kw2b, n2 = None, kw1b, n1
-    first = profile(problem, tensors, x1b, kw1b) if check_memory is not None else None  # sizes and shapes
+    first = planner.profile(problem, tensors, x1b, kw1b) if planner is not None else None  # sizes and shapes
     specs, _, _ = output_specs(problem, tensors, x1b, kw1b, n1, x2b, kw2b, n2, trace_axes, diagonal_axes, first)
     out_spec = problem.out_spec
-    if check_memory is not None:
-        chunk_size = check_memory(problem, tensors, x1b, kw1b, n1, n2, specs, chunk_size, first)
+    if planner is not None:
+        chunk_size = planner.plan(problem, tensors, x1b, kw1b, n1, n2, specs, chunk_size, first)
     if tensors:
         prime_allocator(tensors[0].device)
     with warnings.catch_warnings():

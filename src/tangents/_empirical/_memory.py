@@ -60,6 +60,8 @@ class Profile:
     flops: int = 0
     uses: list[tuple[int, int, int]] = field(default_factory=list)  # (T, fan_in, fan_out)
     outputs: list[tuple[int, ...]] = field(default_factory=list)  # output leaves, example axis first
+    out_spec: Any = None  # the output tree and the leaves' example axes (`Problem.per_batch`)
+    out_batch_axes: list[int | None] | None = None
 
 
 class _Counter(TorchFunctionMode):
@@ -104,6 +106,7 @@ def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: di
         else:
             leaves = problem.per_batch(tensors, xb, kw)
     counter.profile.outputs = [tuple(leaf.shape) for leaf in leaves]
+    counter.profile.out_spec, counter.profile.out_batch_axes = problem.out_spec, problem.out_batch_axes
     return counter.profile
 
 
@@ -170,6 +173,19 @@ class MemoryPlanner:
         self.memory_limit = memory_limit
         self.chosen: int | None = None
         self.estimate: tuple[float, float] | None = None
+
+    def profile(self, problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> Profile:
+        """:func:`profile`, reused for calls of the same :meth:`~._function.Problem.signature`
+        when the examples are independent (``vmap`` rules out outputs whose shapes depend
+        on input values)."""
+        key = ("profile", problem.signature(tensors, xb, kw)) if problem.independent and self.cache is not None else None
+        prof = self.cache.get(key) if key is not None else None
+        if prof is None:
+            prof = profile(problem, tensors, xb, kw)
+            if key is not None:
+                self.cache[key] = prof
+        problem.out_spec, problem.out_batch_axes = prof.out_spec, prof.out_batch_axes
+        return prof
 
     def impl_fn(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
         from ..empirical import _impl_fn
