@@ -345,7 +345,8 @@ def _accumulate(total: torch.Tensor | None, k: torch.Tensor, factor: float = 1.0
         out = k * times if times is not None else k * factor
         return out.mul_(factor) if times is not None and factor != 1.0 else out
     operands = (total, k) if times is None else (total, k, times)
-    if any(t.requires_grad for t in operands) or total.shape != torch.broadcast_shapes(*(t.shape for t in operands)):
+    if any(t.requires_grad for t in operands) or (
+            any(t.shape != total.shape for t in operands) and total.shape != torch.broadcast_shapes(*(t.shape for t in operands))):
         return total + (k * factor if times is None else k * times * factor)
     return total.add_(k, alpha=factor) if times is None else total.addcmul_(k, times, value=factor)
 
