@@ -17,6 +17,7 @@ see) are flagged and handled by whole-network Jacobians instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,9 +72,14 @@ class Use:
 
 
 class Recorder(TorchFunctionMode):
-    """Records parameter uses (``probes=None``) or adds probes and collects inputs."""
+    """Records parameter uses (``probes=None``) or adds probes and collects inputs.
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...], probes: tuple[torch.Tensor, ...] | None = None) -> None:
+    ``probes`` is a tuple (use ``k``'s output becomes ``y + probes[k]``) or a function
+    ``(k, y) -> y'`` that attaches the probe itself.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...],
+                 probes: tuple[torch.Tensor, ...] | Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.ids = {id(t): i for i, t in enumerate(tensors)}
         self.probes = probes
@@ -102,7 +108,7 @@ class Recorder(TorchFunctionMode):
             return out
         k = len(self.aux)
         self.aux.append([leaves[pos] for pos in _inputs_of(leaves, params)])
-        return out + self.probes[k]
+        return self.probes(k, out) if callable(self.probes) else out + self.probes[k]
 
 
 def _inputs_of(leaves: list[Any], params: dict[int, int]) -> list[int]:

@@ -199,17 +199,20 @@ def _probe_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan
     keep_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     with torch.enable_grad():
         zero = torch.zeros((), dtype=dtype, device=device, requires_grad=True)
-        probes = []  # views of one zero (nothing to fill), each its own node of the graph
-        for use, ax in zip(plan.uses, out_axes):
-            shape = list(use.out_shape)
-            if ax is None:
-                shape.insert(0, n)
-            else:
-                shape[ax] = n
-            probes.append(zero.expand(shape))
-        rec = Recorder(tensors, tuple(probes))
+        probes: list[torch.Tensor] = []  # what the G are taken against, one node each
+
+        def attach(k: int, y: torch.Tensor) -> torch.Tensor:
+            if out_axes[k] is None:  # shared by all examples: seen by each through its own view
+                probes.append((y + zero).expand(n, *y.shape))
+                return probes[-1]
+            probes.append(zero.expand(y.shape))  # a view of one zero: nothing to fill
+            return y + probes[-1]
+
+        rec = Recorder(tensors, attach)
         with rec:
             outs = problem.per_batch(tensors, xb, kw)
+        if len(probes) != len(plan.uses):
+            raise RuntimeError("f made other parameter calls on the batch than on one example")
         jac = []
         for i, out in enumerate(outs):
             total = out.sum(0)
@@ -378,21 +381,15 @@ class Fingerprint:
         self.flat = tensor.reshape(-1)
         n = self.flat.numel()
         self.values: list[float] = self.flat[_spread(n, tensor.device)].tolist() if n and tensor.is_floating_point() else []
-        self._max_abs: float | None = None
-
-    @property
-    def max_abs(self) -> float:
-        if self._max_abs is None:
-            self._max_abs = _max_abs(self.flat)
-        return self._max_abs
 
     def multiple(self, other: Fingerprint) -> float | None:
-        """``λ`` with ``other = λ self`` to within rounding (``max|other - λ self| <= 8 ε
-        max|λ self|``), else None.
+        """``λ`` with ``other = λ self`` to within rounding, else None: ``max|other - λ self|
+        <= 8 ε m`` with ``m`` the largest spread-out ``|other|`` (at most ``max|other|``, so
+        the test is if anything stricter than ``8 ε max|other|``).
 
         ``λ`` is the ratio at the largest spread-out entry (a ratio of two floats: exact to
         rounding, unlike a long dot product); the spread-out entries are compared first, all
-        entries only if they agree.
+        entries (one pass for ``other - λ self``, one for its extremes) only if they agree.
         """
         a, b = other.tensor, self.tensor
         if a is b:
@@ -405,10 +402,10 @@ class Fingerprint:
             return None
         lam = other.values[j] / self.values[j]
         tol = MULTIPLE_TOLERANCE * torch.finfo(a.dtype).eps
-        spread_error = max(abs(x - lam * y) for x, y in zip(other.values, self.values))
-        if not spread_error <= tol * max(abs(x) for x in other.values):  # NaN: not a multiple
+        bound = tol * max(abs(x) for x in other.values)
+        if not max(abs(x - lam * y) for x, y in zip(other.values, self.values)) <= bound:  # NaN: no
             return None
-        if not _max_abs(torch.add(other.flat, self.flat, alpha=-lam)) <= tol * abs(lam) * self.max_abs:
+        if not _max_abs(torch.add(other.flat, self.flat, alpha=-lam)) <= bound:
             return None
         return lam
 
