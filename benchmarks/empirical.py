@@ -9,7 +9,7 @@ implementations (1 JACOBIAN_CONTRACTION, 2 NTK_VECTOR_PRODUCTS, 3 STRUCTURED_DER
 Both libraries differentiate the very same weights (written once to an ``.npz``) and their
 kernels are compared. Every measurement runs in a fresh process, single-threaded (torch:
 ``torch.set_num_threads(1)``; XLA: ``intra_op_parallelism_threads=1``): the time is the best
-of at least 3 calls after a warm-up, and of up to 20 while they take under a second in all
+of at least 3 calls after a warm-up, and of up to 100 while they take under a second in all
 (JAX: after ahead-of-time compilation, reported separately), the memory is the growth of the process' peak resident set during the timed
 calls (see ``_rss.py``).
 
@@ -127,7 +127,7 @@ def torch_worker(cfg: dict) -> dict:
     reset_peak()
     base = rss_mb()
     best, spent, calls = float("inf"), 0.0, 0
-    while calls < 3 or (spent < 1.0 and calls < 20):  # short calls: more of them (as for NT)
+    while calls < 3 or (spent < 1.0 and calls < 100):  # short calls: more of them (as for NT)
         t0 = time.perf_counter()
         k = fn(x)
         took = time.perf_counter() - t0

@@ -152,7 +152,10 @@ def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: 
         flops = 3 * f_ * s * (n1 + n2) + n1 * n2 * sigma * (lin + other)
         # each use is contracted in turn, structured (pairs of tokens) or via its Jacobian
         per_use = max((min(n1 * n2 * sigma * t * t, (n1 + n2) * s * o * i) for t, i, o in prof.uses), default=0)
-        mem = (n1 + n2) * s * a + per_use + (n1 + n2) * s * other + kernel
+        from ._structured import SelfGrams
+
+        kept = SelfGrams.KEPT * (kernel + n1 * n2)  # Grams of derivatives and inputs remembered for sharing
+        mem = (n1 + n2) * s * a + per_use + (n1 + n2) * s * other + kernel + kept
     return float(flops), float(mem)
 
 
