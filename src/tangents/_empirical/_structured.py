@@ -7,11 +7,15 @@
    autograd's parameter gradient; parameters that fail (used where the recorder cannot see)
    are marked for whole-network Jacobians.
 2. *Features* (per batch): one reverse-mode Jacobian with respect to zero probes added to
-   every recorded output gives all ``G`` at once (``vmap``-ed over independent examples),
-   together with the inputs of the recorded calls.
+   every recorded output gives all ``G`` at once, together with the inputs of the recorded
+   calls: with independent examples from one backward pass of the summed outputs through
+   the batched ``f`` (:class:`BatchedProbes`, verified once on three examples), else
+   ``vmap``-ed over the examples.
 3. *Contraction*: linear, ``x @ W`` and ``conv2d`` uses of a parameter used once contribute
    by the structured rule or by their cheap Jacobian ``Σ_t G[t] ⊗ x[t]``, whichever costs
-   fewer FLOPs; other uses by a reverse-mode product through the single call.
+   fewer FLOPs; ``c * p`` by ``c² G Gᵀ``; other uses by a reverse-mode product through the
+   single call. For a batch with itself, Grams of derivatives that are multiples of each
+   other (a layer's weight and bias) are computed once (:class:`SelfGrams`).
 """
 
 from __future__ import annotations
