@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tangents._empirical._structured as structured_module
 from tangents import empirical_ntk_fn

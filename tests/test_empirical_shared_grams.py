@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import tangents._empirical._axes as axes_module
 from tangents import empirical_ntk_fn

@@ -9,7 +9,6 @@ themselves (see `_check_converges`).
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from networks import Net, ids
+from networks import Net
 from networks_spatial import FINITE_SPATIAL_NETWORKS
 from test_monte_carlo import N_SAMPLES, NNGP_OUT, NTK_OUT, _check_converges
 

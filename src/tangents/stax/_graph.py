@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._kernel import Kernel
-from ._layer import Layer, Params, ShapeTree
+from ._layer import Layer, Params
 from ._requirements import Bool, Diagonal, Requirements
 from ._spatial import check_kernel_axes, map_covariances, reverse_spatial
 

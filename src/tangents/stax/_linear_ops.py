@@ -12,7 +12,6 @@ Layout: tangents is channels-first, so ``channel_axis`` defaults to 1 (neural-ta
 
 from __future__ import annotations
 
-import math
 import string
 from collections.abc import Sequence
 from typing import Any, Union
