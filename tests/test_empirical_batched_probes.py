@@ -122,3 +122,31 @@ def test_results_stay_differentiable_in_the_parameters():
         grads.append(torch.autograd.grad(k.sum(), (w1, w2)))
     for ours, reference in zip(*grads):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_the_check_looks_beyond_repeated_leading_examples(layouts):
+    """The first examples repeat: the check takes the first, middle and last examples, which
+    differ, so an independent network is still probed as a batch, and a network that mixes
+    examples is still caught."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    x = torch.randn(7, 3, dtype=torch.float64, generator=_gen(16))
+    x[1:3] = x[0]
+    _check(net, x, None)
+    assert len(layouts) == 1 and layouts[0] is not None
+
+    def mixing(params, x):
+        (w,) = params
+        h = torch.tanh(x @ w)
+        return h * h.mean(0, keepdim=True)
+
+    _check(mixing, x, None, (torch.randn(3, 5, dtype=torch.float64, generator=_gen(15)),))
+    assert layouts[1] is None
+
+
+def test_no_check_on_examples_that_are_all_alike(layouts):
+    """Identical examples cannot reveal a layer that mixes examples: per-example probes."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    _check(net, torch.ones(5, 3, dtype=torch.float64), None)
+    assert layouts == [None]

@@ -179,6 +179,14 @@ class Problem:
         return xs, ks
 
 
+    def take(self, xb: PyTree, kw: dict[str, Any], indices: list[int]) -> tuple[PyTree, dict[str, Any]]:
+        """The examples ``indices`` of a batch-first batch, in that order (kwargs too)."""
+        where = torch.as_tensor(indices)
+        xs = _map_tensors(lambda t: t[where.to(t.device)], xb)
+        ks = {k: (v[where.to(v.device)] if k in self.kwargs_axes and _is_tensor(v) else v) for k, v in kw.items()}
+        return xs, ks
+
+
 def _map_tensors(fn: Callable, tree: PyTree) -> PyTree:
     leaves, spec = tree_flatten(tree)
     return tree_unflatten([fn(l) if _is_tensor(l) else l for l in leaves], spec)

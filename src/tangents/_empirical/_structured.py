@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch.func import jacrev, vjp, vmap
+from torch.utils._pytree import tree_flatten
 
 from ._axes import PAIR, OutputSpec
 from ._function import Problem
@@ -255,13 +256,21 @@ def _features_from_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], pl
 
 def batched_probes(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan, xb: Any, kw: dict[str, Any]
                    ) -> BatchedProbes | None:
-    """The :class:`BatchedProbes` of ``f``, verified on three examples against probing them one
-    at a time; None when ``f`` run on a batch does not show the examples apart (or the
-    verification fails: batch-dependent layers, a probe broadcast along another axis, ...)."""
-    n = min(problem.batch_size(xb, kw), 3)
+    """The :class:`BatchedProbes` of ``f``, verified on three examples (first, middle, last)
+    against probing them one at a time; None when ``f`` run on a batch does not show the
+    examples apart, when those examples are not distinct (they could not reveal a layer that
+    mixes examples), or when the verification fails (batch-dependent layers, a probe
+    broadcast along another axis, ...)."""
+    e = problem.batch_size(xb, kw)
+    indices = sorted({0, e // 2, e - 1})
+    n = len(indices)
     if not problem.independent or plan.unexplained or not plan.uses or n < 2:
         return None
-    xs, ks = problem.slice(xb, kw, 0, n)
+    xs, ks = problem.take(xb, kw, indices)
+    leaves = [t.reshape(n, -1) for t in tree_flatten((xs, {k: v for k, v in ks.items() if k in problem.kwargs_axes}))[0]
+              if isinstance(t, torch.Tensor)]
+    if any(all(torch.equal(t[i], t[j]) for t in leaves) for i in range(n) for j in range(i + 1, n)):
+        return None
     rec = Recorder(tensors)
     try:
         with torch.no_grad(), rec:
