@@ -150,3 +150,22 @@ def test_no_check_on_examples_that_are_all_alike(layouts):
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
     _check(net, torch.ones(5, 3, dtype=torch.float64), None)
     assert layouts == [None]
+
+
+def test_a_function_that_changes_with_the_batch_size_is_refused():
+    """Declared independent, but an extra layer on batches of more than five: once the batch
+    layout is known, a batch that makes other parameter calls gets a ValueError naming it."""
+
+    def f(params, x):
+        w1, w2 = params
+        h = torch.tanh(x @ w1)
+        if x.shape[0] > 5:
+            h = torch.tanh(h @ w2)
+        return h.sum(-1, keepdim=True)
+
+    params = (torch.randn(3, 4, dtype=torch.float64, generator=_gen(17)),
+              torch.randn(4, 4, dtype=torch.float64, generator=_gen(18)))
+    fn = empirical_ntk_fn(f, vmap_axes=0, implementation=3)
+    fn(torch.randn(4, 3, dtype=torch.float64, generator=_gen(19)), None, params)
+    with pytest.raises(ValueError, match="calls with parameters on a batch of 7 examples but 1 on one example"):
+        fn(torch.randn(7, 3, dtype=torch.float64, generator=_gen(20)), None, params)

@@ -40,13 +40,7 @@ def output_specs(
 
     def shapes(xb: Any, kw: dict[str, Any], n: int, known: list[tuple[int, ...]] | None = None) -> list[tuple[int, ...]]:
         if known is None:
-            with torch.no_grad():
-                if problem.independent:
-                    xs, ks = problem.slice(xb, kw, 0, 1)
-                    leaves = problem.per_batch(tensors, xs, ks)
-                else:
-                    leaves = problem.per_batch(tensors, xb, kw)
-            known = [tuple(leaf.shape) for leaf in leaves]
+            known = [tuple(leaf.shape) for leaf in problem.first_outputs(tensors, xb, kw)]
         out = []
         for shape, ax in zip(known, problem.out_batch_axes):
             s = list(shape[1:])

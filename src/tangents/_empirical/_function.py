@@ -179,6 +179,14 @@ class Problem:
         return xs, ks
 
 
+    def first_outputs(self, tensors: tuple[torch.Tensor, ...], xb: PyTree, kw: dict[str, Any]) -> list[torch.Tensor]:
+        """Output leaves (example axis first) of ``f`` on the first example of ``xb`` (the
+        whole batch without ``vmap_axes``), without gradients: where shapes and sizes are read."""
+        with torch.no_grad():
+            if self.independent:
+                xb, kw = self.slice(xb, kw, 0, 1)
+            return self.per_batch(tensors, xb, kw)
+
     def take(self, xb: PyTree, kw: dict[str, Any], indices: list[int]) -> tuple[PyTree, dict[str, Any]]:
         """The examples ``indices`` of a batch-first batch, in that order (kwargs too)."""
         where = torch.as_tensor(indices)

@@ -99,12 +99,8 @@ class _Counter(TorchFunctionMode):
 def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> Profile:
     """Per-example activation floats, forward FLOPs and linear-ish uses (one forward pass)."""
     counter = _Counter({id(t) for t in tensors})
-    with torch.no_grad(), counter:
-        if problem.independent:
-            xs, ks = problem.slice(xb, kw, 0, 1)
-            leaves = problem.per_batch(tensors, xs, ks)
-        else:
-            leaves = problem.per_batch(tensors, xb, kw)
+    with counter:
+        leaves = problem.first_outputs(tensors, xb, kw)
     counter.profile.outputs = [tuple(leaf.shape) for leaf in leaves]
     counter.profile.out_spec, counter.profile.out_batch_axes = problem.out_spec, problem.out_batch_axes
     return counter.profile
@@ -187,7 +183,7 @@ class MemoryPlanner:
             prof = profile(problem, tensors, xb, kw)
             if key is not None:
                 self.cache[key] = prof
-        problem.out_spec, problem.out_batch_axes = prof.out_spec, prof.out_batch_axes
+        problem.out_spec, problem.out_batch_axes = prof.out_spec, prof.out_batch_axes  # as its forward pass set them
         return prof
 
     def impl_fn(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:

@@ -83,9 +83,7 @@ def _flat_rows(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw:
 def _row_leads(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> list[torch.Size]:
     """``(E, *S)`` of every output leaf of ``xb``: which rows ``J2ᵀ e`` there are."""
     e = problem.batch_size(xb, kw)
-    with torch.no_grad():
-        one = problem.slice(xb, kw, 0, 1) if problem.independent else (xb, kw)
-        return [torch.Size((e, *leaf.shape[1:])) for leaf in problem.per_batch(tensors, *one)]
+    return [torch.Size((e, *leaf.shape[1:])) for leaf in problem.first_outputs(tensors, xb, kw)]
 
 
 def _columns_by_example_chunks(

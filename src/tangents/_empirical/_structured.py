@@ -105,15 +105,23 @@ def discover(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: d
             if i in rebuilt:
                 rebuilt[i] = rebuilt[i] + c
     unexplained = set(rec.opaque) & set(diff)
-    rtol = 1e-4 if ts[0].dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
     for i in diff:
         d = direct[i] if direct[i] is not None else torch.zeros_like(ts[i])
-        if d.numel() == 0:
-            continue
-        # a missed path gives an O(1) discrepancy; rounding gives ~eps · |grad|
-        if float((rebuilt[i] - d).abs().max()) > rtol * max(float(d.abs().max()), 1e-30):
+        if not _agrees(d, rebuilt[i]):
             unexplained.add(i)
     return Plan(uses, sorted(unexplained))
+
+
+def _agrees(reference: torch.Tensor, other: torch.Tensor) -> bool:
+    """``other`` equals ``reference`` to within rounding: ``max|other - reference| <=
+    rtol max|reference|`` (rtol 1e-4 in single or half precision, 1e-8 in double). A path
+    missed by the chain rule, or a layer that mixes examples, gives an O(1) discrepancy;
+    rounding ~eps. NaN never agrees."""
+    if reference.numel() == 0:
+        return True
+    rtol = 1e-4 if reference.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
+    with torch.no_grad():
+        return float((other - reference).abs().max()) <= rtol * max(float(reference.abs().max()), 1e-30)
 
 
 def _map(fn: Any, tree: Any) -> Any:
@@ -207,6 +215,9 @@ def _probe_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan
         probes: list[torch.Tensor] = []  # what the G are taken against, one node each
 
         def attach(k: int, y: torch.Tensor) -> torch.Tensor:
+            if k >= len(out_axes):  # more calls than on one example: refused below
+                probes.append(y)
+                return y
             if out_axes[k] is None:  # shared by all examples: seen by each through its own view
                 probes.append((y + zero).expand(n, *y.shape))
                 return probes[-1]
@@ -217,7 +228,11 @@ def _probe_batch(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Plan
         with rec:
             outs = problem.per_batch(tensors, xb, kw)
         if len(probes) != len(plan.uses):
-            raise RuntimeError("f made other parameter calls on the batch than on one example")
+            raise ValueError(
+                f"empirical_ntk_fn: f made {len(probes)} calls with parameters on a batch of {n} examples "
+                f"but {len(plan.uses)} on one example; with vmap_axes, f must treat every example "
+                "alike whatever the batch size. Make f independent of the batch size, or drop vmap_axes."
+            )
         jac = []
         for i, out in enumerate(outs):
             total = out.sum(0)
@@ -295,13 +310,8 @@ def batched_probes(problem: Problem, tensors: tuple[torch.Tensor, ...], plan: Pl
         return None
     pairs = [(a, b) for ra, oa in zip(reference.gs, ours.gs) for a, b in zip(ra, oa)]
     pairs += [(a, b) for ra, oa in zip(reference.inputs, ours.inputs) for a, b in zip(ra, oa)]
-    rtol = 1e-4 if tensors[0].dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
-    with torch.no_grad():
-        for a, b in pairs:
-            if a.shape != b.shape:
-                return None
-            if a.numel() and not float((a - b).abs().max()) <= rtol * max(float(a.abs().max()), 1e-30):
-                return None
+    if not all(a.shape == b.shape and _agrees(a, b) for a, b in pairs):
+        return None
     return layout
 
 
