@@ -91,7 +91,7 @@ def test_large_kernel_fn_calls_are_tiled_and_equal_untiled(monkeypatch):
 
 
 def test_result_that_cannot_fit_is_refused_before_allocating(monkeypatch):
-    import tangents.batching as batching_module
+    import tangents.blocks._tiles as batching_module
 
     monkeypatch.setattr(batching_module, "available_memory", lambda device: 10_000_000)  # 10 MB free
     net = _net()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tangents.batching as batching
+import tangents.blocks._tiles as batching
 import tangents.stax._layer as layer_module
 from reference_cases import CASES, assert_final_kernels_match, build, case_ids, load, relative_error
 from tangents import stax

@@ -7,6 +7,8 @@ The reference networks are written here as plain functions of NT-layout weights 
 
 from __future__ import annotations
 
+import functools
+
 import math
 
 import pytest
@@ -380,8 +382,9 @@ def test_auto_prefers_structured_derivatives_for_a_wide_mlp():
     planner = MemoryPlanner(NtkImplementation.AUTO, None)
     from tangents._empirical._engine import empirical_kernel
     from tangents._empirical._function import make_problem
+    from tangents._empirical._implementation import run_planned
 
-    empirical_kernel(planner.impl_fn, make_problem(net, None, 0, "t"), torch.randn(8, 100), None, {},
+    empirical_kernel(functools.partial(run_planned, planner), make_problem(net, None, 0, "t"), torch.randn(8, 100), None, {},
                      (-1,), (), None, planner=planner)
     assert planner.chosen == NtkImplementation.STRUCTURED_DERIVATIVES
 

@@ -14,8 +14,10 @@ wide network at one depth, for two batches of inputs `x1` (N1 examples) and `x2`
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Union
 
 import torch
 
@@ -95,3 +97,51 @@ class Kernel:
 
 #: Names a user may ask for with ``kernel_fn(..., get=...)``.
 KERNEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Kernel))
+
+
+#: What ``kernel_fn(..., get=...)`` takes: ``None`` (the whole `Kernel`), a name, or names.
+Get = Union[None, str, Sequence[str]]
+
+
+def check_get(get: Get) -> tuple[str, ...] | None:
+    """The names asked for by ``get`` (``None`` for the whole `Kernel`), validated.
+
+    Raises:
+        TypeError: ``get`` is not ``None``, a string or a sequence of strings.
+        ValueError: an unknown name, or an empty tuple.
+    """
+    if get is None:
+        return None
+    if not isinstance(get, (str, list, tuple)):
+        raise TypeError(
+            f"kernel_fn: get must be None, a name such as 'ntk' or a tuple of names, got {type(get).__name__}."
+        )
+    names = (get,) if isinstance(get, str) else tuple(get)
+    if not names:
+        raise ValueError("kernel_fn: get must be None, a name or a non-empty tuple of names, got ().")
+    for name in names:
+        if not isinstance(name, str) or name not in KERNEL_FIELDS:
+            raise ValueError(
+                f"kernel_fn: unknown get name {name!r}; valid names are {', '.join(KERNEL_FIELDS)}."
+            )
+    return names
+
+
+_NAMED_TUPLES: dict[tuple[str, ...], type] = {}
+
+
+def select(out: Any, get: Get) -> Any:
+    """The fields ``get`` names of a `Kernel` (or of each `Kernel` of a list/tuple of them):
+    the `Kernel` itself for ``None``, a tensor for a name, a named tuple ``AnalyticKernel``
+    for a tuple of names."""
+    if get is None:
+        return out
+    if not isinstance(out, Kernel):
+        return type(out)(select(o, get) for o in out)
+    if isinstance(get, str):
+        return getattr(out, get)
+    names = tuple(get)
+    cls = _NAMED_TUPLES.get(names)
+    if cls is None:
+        cls = _NAMED_TUPLES[names] = collections.namedtuple("AnalyticKernel", names)  # type: ignore[misc]
+    return cls(*(getattr(out, name) for name in names))

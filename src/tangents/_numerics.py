@@ -12,6 +12,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from ._torch_private import is_functorch_wrapped
+
 
 def differentiable(*tensors: torch.Tensor | None) -> bool:
     """Whether any of ``tensors`` is being differentiated (autograd, forward-mode or torch.func).
@@ -24,18 +26,11 @@ def differentiable(*tensors: torch.Tensor | None) -> bool:
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             continue
-        if t.requires_grad or _is_functorch_wrapped(t):
+        if t.requires_grad or is_functorch_wrapped(t):
             return True
         if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
             return True
     return False
-
-
-def _is_functorch_wrapped(t: torch.Tensor) -> bool:
-    try:
-        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-    except AttributeError:  # private API gone: assume the worst, use the safe forms
-        return True
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-import enum
+import functools
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -43,10 +43,12 @@ from torch import nn
 from torch.func import vjp
 
 from ._empirical._axes import Axes, check_axes_disjoint
+from ._empirical._implementation import DEFAULT_NTK_IMPLEMENTATION, NtkImplementation
+from ._empirical._implementation import check_implementation as _implementation
+from ._empirical._implementation import run_planned
 from ._empirical._engine import empirical_kernel, nngp_impl
 from ._empirical._function import make_problem, split_kwargs
 from ._empirical._memory import MemoryPlanner
-from ._empirical._jacobian import ntk_jacobian_contraction
 from ._empirical._ntk_vp import jvp_any, ntk_vector_products
 
 PyTree = Any
@@ -57,52 +59,6 @@ class EmpiricalKernelFn(Protocol):
     """``kernel_fn(x1, x2=None, params=None, **apply_fn_kwargs)`` → kernel (a tree like f's output)."""
 
     def __call__(self, x1: PyTree, x2: PyTree | None = None, params: PyTree | None = None, **kwargs: Any) -> PyTree: ...
-
-
-class NtkImplementation(enum.IntEnum):
-    """How the empirical NTK is computed (neural-tangents' names and values; ints accepted).
-
-    Attributes:
-        AUTO: ``0``, picks the cheapest of the others from a FLOP and memory estimate made for
-            the actual model and input sizes.
-        JACOBIAN_CONTRACTION: ``1``, per-example Jacobians by reverse mode, contracted over the
-            parameters. Simple and reliable; best for small outputs and weight-sharing nets.
-        NTK_VECTOR_PRODUCTS: ``2``, the NTK column by column as J1 (J2ᵀ e): one reverse- and
-            one forward-mode product per output of x2, no Jacobian contraction.
-        STRUCTURED_DERIVATIVES: ``3``, uses the structure of linear, convolutional and
-            elementwise layers: for ``y = x W`` the contribution of ``W`` is
-            ``(∂f/∂y1 · ∂f/∂y2)(x1 · x2)`` instead of a contraction over ``in × out``
-            Jacobian entries; parameters used in other ways fall back to Jacobians.
-    """
-
-    AUTO = 0
-    JACOBIAN_CONTRACTION = 1
-    NTK_VECTOR_PRODUCTS = 2
-    STRUCTURED_DERIVATIVES = 3
-
-
-DEFAULT_NTK_IMPLEMENTATION = NtkImplementation.JACOBIAN_CONTRACTION
-
-
-def _implementation(implementation: NtkImplementation | int) -> NtkImplementation:
-    try:
-        return NtkImplementation(implementation)
-    except ValueError:
-        raise ValueError(
-            f"implementation={implementation!r} is not an NtkImplementation; use one of "
-            + ", ".join(f"{m.name} ({m.value})" for m in NtkImplementation)
-            + "."
-        ) from None
-
-
-def _impl_fn(implementation: NtkImplementation) -> Callable[..., list[torch.Tensor]]:
-    if implementation == NtkImplementation.JACOBIAN_CONTRACTION:
-        return ntk_jacobian_contraction
-    if implementation == NtkImplementation.NTK_VECTOR_PRODUCTS:
-        return ntk_vector_products
-    from ._empirical._structured import ntk_structured_derivatives
-
-    return ntk_structured_derivatives
 
 
 def empirical_ntk_fn(
@@ -156,7 +112,7 @@ def empirical_ntk_fn(
         problem = make_problem(f, params, vmap_axes, "empirical_ntk_fn")
         planner = MemoryPlanner(implementation, memory_limit, cache)
         return empirical_kernel(
-            planner.impl_fn, problem, x1, x2, apply_fn_kwargs, trace_axes, diagonal_axes, chunk_size,
+            functools.partial(run_planned, planner), problem, x1, x2, apply_fn_kwargs, trace_axes, diagonal_axes, chunk_size,
             planner=planner,
         )
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import jvp
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from ._torch_private import tree_flatten, tree_unflatten
 
 from ._empirical._function import module_apply_fn
 

@@ -30,9 +30,9 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from ._torch_private import tree_flatten, tree_map
 
-from .batching import batch
+from .blocks import batch
 from .empirical import DEFAULT_NTK_IMPLEMENTATION, NtkImplementation, empirical_kernel_fn
 
 PyTree = Any

@@ -15,7 +15,7 @@ import warnings
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from .._torch_private import tree_flatten, tree_unflatten
 
 from ._axes import DIAG, PAIR, TRACE, OutputSpec
 from ._function import Problem, split_kwargs

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from .._torch_private import tree_flatten, tree_unflatten
 
 PyTree = Any
 

@@ -30,9 +30,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from .._torch_private import tree_flatten
 
-from .. import batching
+from .. import blocks
+from .._torch_private import C_LINEAR, TensorBase
 from ._axes import OutputSpec
 from ._function import Problem
 
@@ -46,8 +47,8 @@ CHUNK_BYTES = 128 << 20
 CHUNK_TENSOR_BYTES = 8 << 20
 MIN_CHUNK_ROWS = 4
 
-_LINEAR = {F.linear, torch._C._nn.linear}
-_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch._C.TensorBase.matmul, torch.mm, torch.bmm}
+_LINEAR = {F.linear, C_LINEAR}
+_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, TensorBase.matmul, torch.mm, torch.bmm}
 _CONV = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d}
 
 
@@ -122,7 +123,7 @@ def available_memory(device: torch.device) -> int:
 
 
 def _read_available(device: torch.device) -> int:
-    return batching.available_memory(device)
+    return blocks.available_memory(device)
 
 
 def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: int, n2: int, independent: bool = True
@@ -185,14 +186,6 @@ class MemoryPlanner:
                 self.cache[key] = prof
         problem.out_spec, problem.out_batch_axes = prof.out_spec, prof.out_batch_axes  # as its forward pass set them
         return prof
-
-    def impl_fn(self, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
-        from ..empirical import _impl_fn
-
-        impl = self.chosen or self.implementation or 1
-        if impl == 3:
-            kwargs["cache"] = self.cache
-        return _impl_fn(impl)(*args, **kwargs)
 
     def plan(self, problem: Problem, tensors: tuple[torch.Tensor, ...], x1b: Any, kw1: dict[str, Any],
              n1: int, n2: int, specs: list[OutputSpec], chunk_size: int | None, prof: Profile | None = None

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.func import jvp, vjp, vmap
-from torch.utils._pytree import tree_map
+from .._torch_private import tree_map
 
 from ._axes import OutputSpec, reduce_full
 from ._function import Problem

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from .._torch_private import tree_flatten, tree_unflatten
 
 
 @dataclass

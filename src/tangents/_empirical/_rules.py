@@ -23,15 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import vjp, vmap
 
+from .._torch_private import C_LINEAR, TensorBase
 from ._axes import PAIR, TRACE, OutputSpec, by_symmetric_halves
 from ._recorder import Use
 
-_LINEAR = {F.linear, torch._C._nn.linear}
-_T = torch._C.TensorBase
+_LINEAR = {F.linear, C_LINEAR}
+_T = TensorBase
 _MUL = {torch.mul, torch.multiply, _T.mul, _T.multiply}
 _DIV = {torch.div, torch.divide, torch.true_divide, _T.div, _T.divide, _T.true_divide}
 _NEG = {torch.neg, torch.negative, _T.neg, _T.negative}
-_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch._C.TensorBase.matmul}
+_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, TensorBase.matmul}
 _CONV2D = {F.conv2d, torch.conv2d}
 
 

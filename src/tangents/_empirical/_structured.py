@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch.func import jacrev, vjp, vmap
-from torch.utils._pytree import tree_flatten
+from .._torch_private import tree_flatten
 
 from ._axes import PAIR, OutputSpec
 from ._function import Problem

@@ -35,7 +35,7 @@ import torch
 
 from .._kernel import Kernel
 from .._numerics import differentiable
-from ..batching import swap_pairs, tiled
+from ..blocks import swap_pairs, tiled
 from ._inputs import inputs_to_kernel, same_inputs
 
 if TYPE_CHECKING:

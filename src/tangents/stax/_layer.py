@@ -14,7 +14,6 @@ kernel, requirement fusion, shape bookkeeping, ``get`` selection, and the module
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Union
@@ -23,8 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._kernel import KERNEL_FIELDS, Kernel
-from ..batching import available_memory, first_tensor, tiled
+from .._kernel import Get, Kernel
+from .._kernel import check_get as _check_get
+from .._kernel import select as _select
+from ..blocks import available_memory, first_tensor, tiled
 from ._compiled import can_compile, compiled_elementwise, entries_per_pair, tile_program, worth_compiling
 from ._inputs import as_input_tensors, inputs_to_kernel
 from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
@@ -34,7 +35,6 @@ from ._tape import COVARIANCE_TAPES, transform_with_tape
 Shape = tuple[int, ...]
 ShapeTree = Union[Shape, list, tuple]
 Params = Any
-Get = Union[None, str, Sequence[str]]
 KernelTree = Union[Kernel, list, tuple]
 RngLike = Union[None, int, torch.Generator]
 
@@ -56,6 +56,8 @@ class Layer:
     children: tuple[Layer, ...] = ()
     #: Zero the covariances of masked entries after `propagate` (NT's ``remask_kernel``).
     remask: bool = False
+    #: ``kernel_fn(x1, x2, get=None)`` returns `Kernel` records (what `tangents.batch` checks).
+    returns_kernel_records: bool = True
 
     @property
     def name(self) -> str:
@@ -447,38 +449,3 @@ def _tree_set_masks(k: KernelTree, mask1: Any, mask2: Any) -> KernelTree:
         return k.replace(mask1=mask1, mask2=mask2)
     m2s = [None] * len(k) if mask2 is None else mask2
     return type(k)(_tree_set_masks(ki, m1, m2) for ki, m1, m2 in zip(k, mask1, m2s))
-
-
-def _check_get(get: Get) -> tuple[str, ...] | None:
-    if get is None:
-        return None
-    if not isinstance(get, (str, list, tuple)):
-        raise TypeError(
-            f"kernel_fn: get must be None, a name such as 'ntk' or a tuple of names, got {type(get).__name__}."
-        )
-    names = (get,) if isinstance(get, str) else tuple(get)
-    if not names:
-        raise ValueError("kernel_fn: get must be None, a name or a non-empty tuple of names, got ().")
-    for name in names:
-        if not isinstance(name, str) or name not in KERNEL_FIELDS:
-            raise ValueError(
-                f"kernel_fn: unknown get name {name!r}; valid names are {', '.join(KERNEL_FIELDS)}."
-            )
-    return names
-
-
-_NAMED_TUPLES: dict[tuple[str, ...], type] = {}
-
-
-def _select(out: KernelTree, get: Get) -> Any:
-    if get is None:
-        return out
-    if not isinstance(out, Kernel):
-        return type(out)(_select(o, get) for o in out)
-    if isinstance(get, str):
-        return getattr(out, get)
-    names = tuple(get)
-    cls = _NAMED_TUPLES.get(names)
-    if cls is None:
-        cls = _NAMED_TUPLES[names] = collections.namedtuple("AnalyticKernel", names)  # type: ignore[misc]
-    return cls(*(getattr(out, name) for name in names))

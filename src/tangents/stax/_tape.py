@@ -1,6 +1,6 @@
 """Self-covariances computed once per example and replayed by every tile.
 
-A kernel computed in ``r × c`` tiles (`tangents.batching.tiled`) propagates, in every
+A kernel computed in ``r × c`` tiles (`tangents.blocks.tiled`) propagates, in every
 tile and through every layer, the cross-covariance ``nngp`` of the tile's ``r · c`` pairs
 *and* the self-covariances ``cov1`` (its ``r`` rows) and ``cov2`` (its ``c`` columns). For
 spatial covariances ``(N, H, H', W, W')`` a self-covariance costs as much per example as
@@ -55,7 +55,7 @@ class _Replay:
 
 
 class CovarianceTapes:
-    """The tape hooks `tangents.batching.tiled` takes (``tape=COVARIANCE_TAPES``)."""
+    """The tape hooks `tangents.blocks.tiled` takes (``tape=COVARIANCE_TAPES``)."""
 
     @staticmethod
     def recording() -> contextlib.AbstractContextManager[CovarianceTape]:

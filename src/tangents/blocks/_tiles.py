@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ._kernel import Kernel
+from .._kernel import Kernel, check_get, select
 
 KernelFn = Callable[..., Any]
 
@@ -79,9 +79,21 @@ def batch(
 
 
 def _is_analytic(kernel_fn: KernelFn) -> bool:
-    from .stax._layer import Layer
-
-    return isinstance(getattr(kernel_fn, "__self__", None), Layer)
+    """Whether ``kernel_fn`` is a ``stax`` layer's ``kernel_fn`` (it returns `Kernel` records for
+    ``get=None``, so ``x2=None`` can use symmetry), also behind ``functools.partial`` (keyword
+    arguments only) and ``functools.wraps`` wrappers such as `batch`'s own."""
+    for _ in range(100):  # a chain of wrappers; the bound avoids a cycle of __wrapped__
+        if isinstance(kernel_fn, functools.partial):
+            if kernel_fn.args or "get" in kernel_fn.keywords:
+                return False  # positional or get= bound: not called the way tiles call it
+            kernel_fn = kernel_fn.func
+            continue
+        if getattr(getattr(kernel_fn, "__self__", None), "returns_kernel_records", False):
+            return True
+        kernel_fn = getattr(kernel_fn, "__wrapped__", None)
+        if kernel_fn is None:
+            return False
+    return False
 
 
 def _leading(x: Any) -> int:
@@ -426,10 +438,8 @@ def _finish(out: dict[str, Any], first: Any, get: Any, analytic: bool, x2_none: 
         )
         if get is None:
             return k
-        from .stax._layer import _check_get, _select
-
-        _check_get(get)
-        return _select(k, get)
+        check_get(get)
+        return select(k, get)
     if isinstance(first, torch.Tensor):
         return out[""]
     return type(first)(*(out.get(name) for name in first._fields))
