@@ -106,6 +106,7 @@ def test_help_mentions_every_option(capsys: pytest.CaptureFixture[str]) -> None:
         (["--lr", "-0.1"], r"argument --lr: expected 'auto' or a positive number, got '-0.1'"),
         (["--dtype", "float16"], r"argument --dtype: invalid choice: 'float16'"),
         (["--device", "banana"], r"argument --device: expected a torch device such as 'cpu'"),
+        (["--seed", "-1"], r"argument --seed: expected a non-negative integer, got -1"),
         (["--no-such-option"], r"unrecognized arguments: --no-such-option"),
     ],
 )
@@ -150,7 +151,7 @@ def test_python_dash_m_help() -> None:
     ],
 )
 def test_run_validates_its_arguments(kwargs: dict, message: str) -> None:
-    from tangents.cli import run
+    from tangents.cli.run import run
 
     with pytest.raises(ValueError, match=message):
         run(**kwargs)
@@ -175,3 +176,24 @@ def test_readme_tour_runs() -> None:
     # 0.3 still fails for a wrong parameterization, which is off by O(1) or O(width).
     k_ntk, empirical = namespace["k"].ntk, namespace["empirical"]
     assert float((empirical - k_ntk).norm() / k_ntk.norm()) < 0.3
+
+
+def test_version_and_help_answer_before_torch_is_imported() -> None:
+    """``--help``, ``--version`` and argument errors must not wait for torch (seconds on a busy
+    machine): the child process reports whether torch was imported when argparse exited."""
+    probe = (
+        "import sys\n"
+        "from tangents.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    for args in (["--help"], ["--version"], ["--seed", "-1"], ["run", "--help"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120, check=False)
+        assert "torch imported: False" in done.stdout, (args, done.stdout, done.stderr)
+    done = subprocess.run([sys.executable, "-m", "tangents", "--version"], capture_output=True, text=True, timeout=120, check=False)
+    import tangents
+
+    assert done.returncode == 0 and done.stdout.strip() == f"tangents {tangents.__version__}", done.stdout

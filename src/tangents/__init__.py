@@ -1,26 +1,69 @@
-"""tangents: neural tangent kernels and infinitely wide networks, native to PyTorch."""
+"""tangents: neural tangent kernels and infinitely wide networks, native to PyTorch.
 
-# The spine
-from ._kernel import Kernel as Kernel
-from . import stax as stax
+The table of contents. Names are imported on first use (PEP 562), so ``import tangents``
+and the command line's ``--help`` do not wait for torch; ``from tangents import stax`` and
+``tangents.empirical_ntk_fn`` work as usual.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-# Computing large kernels
-from .batching import batch as batch
+import importlib
+from typing import TYPE_CHECKING, Any
 
-# Training dynamics and inference
-from . import predict as predict
+from ._version import __version__ as __version__
 
-# Empirical kernels of finite networks
-from . import empirical as empirical
-from .empirical import NtkImplementation as NtkImplementation
-from .empirical import empirical_kernel_fn as empirical_kernel_fn
-from .empirical import empirical_nngp_fn as empirical_nngp_fn
-from .empirical import empirical_ntk_fn as empirical_ntk_fn
-from .empirical import empirical_ntk_vp_fn as empirical_ntk_vp_fn
-from .linearize import linearize as linearize
-from .linearize import taylor_expand as taylor_expand
+#: Public name -> the module that defines it (relative to this package).
+_WHERE: dict[str, str] = {
+    # The spine
+    "Kernel": "._kernel",
+    "stax": ".stax",
+    # Computing large kernels
+    "batch": ".blocks",
+    # Training dynamics and inference
+    "predict": ".predict",
+    # Empirical kernels of finite networks
+    "empirical": ".empirical",
+    "NtkImplementation": ".empirical",
+    "empirical_kernel_fn": ".empirical",
+    "empirical_nngp_fn": ".empirical",
+    "empirical_ntk_fn": ".empirical",
+    "empirical_ntk_vp_fn": ".empirical",
+    "linearize": ".linearize",
+    "taylor_expand": ".linearize",
+    # Kernels estimated by sampling finite networks
+    "monte_carlo_kernel_fn": ".monte_carlo",
+}
 
-# Kernels estimated by sampling finite networks
-from .monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
+__all__ = ["__version__", *_WHERE]
+
+_MODULES = {"stax", "predict", "empirical"}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'tangents' has no attribute {name!r}")
+    module = importlib.import_module(where, __name__)
+    value = module if name in _MODULES else getattr(module, name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from . import empirical as empirical
+    from . import predict as predict
+    from . import stax as stax
+    from ._kernel import Kernel as Kernel
+    from .blocks import batch as batch
+    from .empirical import NtkImplementation as NtkImplementation
+    from .empirical import empirical_kernel_fn as empirical_kernel_fn
+    from .empirical import empirical_nngp_fn as empirical_nngp_fn
+    from .empirical import empirical_ntk_fn as empirical_ntk_fn
+    from .empirical import empirical_ntk_vp_fn as empirical_ntk_vp_fn
+    from .linearize import linearize as linearize
+    from .linearize import taylor_expand as taylor_expand
+    from .monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn

@@ -24,7 +24,8 @@ The command line's main job, in five stages:
    ``f_t(x*) = Θ(x*, X) Θ⁻¹ (I - exp(-η t Θ / (N C))) Y`` with t = ``--steps``,
    compared with the trained network (same class, RMSE of the outputs).
 
-Run ``tangents --help`` (or ``python -m tangents --help``) for the options.
+Run ``tangents --help`` (or ``python -m tangents --help``) for the options. The arguments are
+parsed before torch is imported, so ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["JobError", "Report", "build_parser", "main", "run"]
 
@@ -168,29 +172,43 @@ def _learning_rate(text: str) -> float | None:
     return value
 
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = ("float32", "float64")
+_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
 def _default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a torch device such as 'cpu' or 'cuda:0', got {text!r}") from None
+def _device(text: str) -> str:
+    """A device name, checked by its form only (torch is not imported while parsing)."""
+    if not _DEVICE.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected a torch device such as 'cpu' or 'cuda:0', got {text!r}")
+    return text.strip()
+
+
+def _check_device(text: str | None) -> torch.device:
+    """The device to run on; CUDA only if torch can use it here."""
+    import torch
+
+    device = torch.device(_default_device() if text is None else text)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r} was asked for but CUDA is not available here; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"only 'cpu' and 'cuda' devices are supported, got {text!r}")
+        raise JobError(f"--device {text!r} was asked for but CUDA is not available here; use --device cpu")
     return device
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``tangents`` command's argument parser."""
+def build_parser(prog: str = "tangents", commands: str = "") -> argparse.ArgumentParser:
+    """The main job's argument parser (``tangents`` with no command, or ``tangents run``).
+
+    Args:
+        prog: the program name shown in usage and errors.
+        commands: a text listing the other commands, shown at the end of ``--help``.
+    """
     parser = argparse.ArgumentParser(
-        prog="tangents",
+        prog=prog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Infinite-width NNGP and NTK predictions on scikit-learn's digits, compared with the "
             "same fully-connected ReLU network trained at finite width by full-batch gradient "
@@ -198,10 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
             "the RMSE between them, and the time of each stage."
         ),
         epilog=(
-            "Example: tangents --n-train 500 --width 1024 --steps 500. "
-            "The defaults finish in well under a minute on 2 CPU cores."
+            "Example: tangents --n-train 500 --width 1024 --steps 500.\n"
+            "The defaults finish in well under a minute on 2 CPU cores." + (f"\n\n{commands}" if commands else "")
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--n-train",
         type=_n_train,
@@ -226,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="learning rate of gradient descent on the MSE loss ||f(X) - Y||^2 / (2 N C), or 'auto' for "
         "N C / lambda_max(NTK), half the largest stable rate of the infinite-width network (default: auto)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split and of the network's initialisation (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the train/test split and of the network's initialisation (default: %(default)s)")
     parser.add_argument(
-        "--dtype", choices=sorted(_DTYPES), default="float32", help="floating-point precision of every stage (default: %(default)s)"
+        "--dtype", choices=_DTYPES, default="float32", help="floating-point precision of every stage (default: %(default)s)"
     )
     parser.add_argument(
         "--device",
@@ -252,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from .._version import __version__
+
+    return __version__
+
+
 # ---------------------------------------------------------------------- the job
 
 
@@ -269,6 +294,9 @@ def _load_digits(
             "the digits dataset comes with scikit-learn, which is not installed; "
             "install it with: pip install 'tangents[examples]' (or pip install scikit-learn)"
         ) from None
+    import numpy as np
+    import torch
+
     x, labels = load_digits(return_X_y=True)
     order = np.random.default_rng(seed).permutation(len(x))
     x, labels = x[order], labels[order]
@@ -285,7 +313,7 @@ def _load_digits(
 
 
 def _network(width: int, depth: int) -> Any:
-    from . import stax
+    from .. import stax
 
     layers = []
     for _ in range(depth):
@@ -315,6 +343,8 @@ class _Stages:
         self._name, self._t0 = name, time.perf_counter()
 
     def stop(self, device: torch.device) -> None:
+        import torch
+
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.timings[self._name] = time.perf_counter() - self._t0
@@ -327,7 +357,7 @@ def run(
     steps: int = 300,
     lr: float | None = None,
     seed: int = 0,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = "float32",
     device: torch.device | str | None = None,
     quiet: bool = False,
 ) -> Report:
@@ -340,7 +370,7 @@ def run(
         steps: full-batch gradient-descent steps.
         lr: learning rate, or ``None`` for ``N·C / λ_max(Θ)``.
         seed: seed of the split and of the initialisation.
-        dtype: precision of every stage.
+        dtype: precision of every stage, a ``torch.dtype`` or its name (``"float32"``).
         device: torch device (default: CUDA if available, else CPU).
         quiet: no progress bar or stage messages on stderr.
     """
@@ -352,11 +382,16 @@ def run(
     if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"run: lr must be a positive number or None (automatic), got {lr!r}.")
 
+    import torch
     from tqdm import tqdm
 
-    from .predict import gradient_descent_mse_ensemble, max_learning_rate
+    from ..predict import gradient_descent_mse_ensemble, max_learning_rate
 
-    device = torch.device(_default_device() if device is None else device)
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"run: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}.")
+        dtype = getattr(torch, dtype)
+    device = _check_device(None if device is None else str(device))
     stages = _Stages(quiet)
     t_start = time.perf_counter()
 
@@ -440,18 +475,26 @@ def run(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tangents`` console script and ``python -m tangents``.
+def main(argv: Sequence[str] | None = None, prog: str = "tangents", commands: str = "") -> int:
+    """The main job from the command line (``tangents``, ``tangents run``, ``python -m tangents``).
 
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
+        prog: the program name shown in usage and errors.
+        commands: a text listing the other commands, for ``--help``.
 
     Returns:
         0 on success; 1 with a message on stderr if the job fails (`JobError`). Bad options
-        exit with argparse's status 2 and a message on stderr.
+        exit with argparse's status 2 and a message on stderr, before torch is imported.
     """
-    parser = build_parser()
+    parser = build_parser(prog, commands)
     args = parser.parse_args(argv)
+    try:
+        _check_device(args.device)
+    except JobError as error:
+        parser.error(str(error))
+    import torch
+
     previous_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -463,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps,
             lr=args.lr,
             seed=args.seed,
-            dtype=_DTYPES[args.dtype],
+            dtype=args.dtype,
             device=args.device,
             quiet=args.quiet,
         )

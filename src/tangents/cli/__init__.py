@@ -1,0 +1,48 @@
+"""``tangents``: the command line, one module per command.
+
+``tangents [OPTIONS]`` (or ``tangents run``) runs the main job (`tangents.cli.run`); ``tangents
+COMMAND ...`` runs one of `COMMANDS`. Arguments are parsed before anything heavy (torch,
+scikit-learn) is imported, so ``--help``, ``--version`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+#: Command name -> (module under ``tangents.cli``, one-line summary). Each module has a
+#: ``main(argv, prog) -> int`` that parses its arguments before importing torch.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", "the main job (the default): infinite-width NNGP/NTK vs a trained finite network on digits"),
+}
+
+
+def _commands_text() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = [f"  tangents {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "commands (tangents COMMAND --help for each):\n" + "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tangents`` console script and ``python -m tangents``.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 1 when the job fails with a message, 2 for bad
+        arguments (argparse's convention).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        name = args.pop(0)
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+        if name == "run":
+            return module.main(args, prog="tangents run", commands=_commands_text())
+        return module.main(args, prog=f"tangents {name}")
+    from . import run
+
+    return run.main(args, prog="tangents", commands=_commands_text())
