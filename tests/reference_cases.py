@@ -83,9 +83,13 @@ def assert_final_kernels_match(
 
 
 def case_ids(prefixes: tuple[str, ...], kind: str = "kernel") -> list[str]:
-    """Ids of the cases of ``kind`` whose id starts with one of ``prefixes`` (and are shipped)."""
-    return [
-        cid
-        for cid, case in CASES.items()
-        if case["kind"] == kind and cid.startswith(prefixes) and (REFERENCE_DIR / case["file"]).exists()
-    ]
+    """Ids of the cases of ``kind`` whose id starts with one of ``prefixes``.
+
+    Every such case must be shipped: a missing file fails here, by name, instead of silently
+    dropping the case (the exact count of each family is checked in
+    ``test_reference_inventory.py``).
+    """
+    ids = [cid for cid, case in CASES.items() if case["kind"] == kind and cid.startswith(prefixes)]
+    missing = [cid for cid in ids if not (REFERENCE_DIR / CASES[cid]["file"]).exists()]
+    assert not missing, f"reference cases listed in manifest.json but not shipped: {missing}"
+    return ids

@@ -63,6 +63,9 @@ def test_shared_prefix_kernels(case_id):
     k = prefix.kernel_fn(torch.from_numpy(data["x1"][:n1]), torch.from_numpy(data["x2"][:n2]))
     assert relative_error(k.nngp, data["prefix_nngp"]) <= TOL
     assert relative_error(k.ntk, data["prefix_ntk"]) <= TOL
+    k = prefix.kernel_fn(torch.from_numpy(data["x1"][:n1]), None)  # NT's own: prefix_self_nt.py
+    assert relative_error(k.nngp, data["prefix_nngp_self"]) <= TOL
+    assert relative_error(k.ntk, data["prefix_ntk_self"]) <= TOL
 
 
 @pytest.mark.parametrize("case_id", SHARED)

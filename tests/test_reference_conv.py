@@ -6,7 +6,9 @@ so the stored channels-last inputs are used unchanged. The large ``prefix_*`` ar
 (the kernel after the first ``prefix`` layers, in NT's storage order, which is reversed
 after an odd number of full-covariance convolutions) were trimmed to the first two
 ``x1`` and first ``x2`` examples when copied (and, where ``prefix_step`` is stored, to every
-``prefix_step``-th location), so they are compared with the matching sub-blocks.
+``prefix_step``-th location), so they are compared with the matching sub-blocks; the manifest
+records each trimmed array's shipped shape. ``prefix_*_self`` (``x2=None`` on those first
+``x1`` examples) were computed with NT by ``tests/reference/prefix_self_nt.py``.
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ def test_prefix_kernels(case_id):
         nngp, ntk = prefix.kernel_fn(x1, x2, ("nngp", "ntk"), diagonal_spatial=True)
         assert relative_error(sub(nngp), data["prefix_nngp_diagspatial"]) <= TOL
         assert relative_error(sub(ntk), data["prefix_ntk_diagspatial"]) <= TOL
+    # x2=None: the first examples of x1 with themselves (NT's own, `prefix_self_nt.py`)
+    k = prefix.kernel_fn(x1, None)
+    assert relative_error(sub(k.nngp), data["prefix_nngp_self"]) <= TOL
+    assert relative_error(sub(k.ntk), data["prefix_ntk_self"]) <= TOL
+    if "prefix_nngp_diagspatial_self" in data:
+        nngp, ntk = prefix.kernel_fn(x1, None, ("nngp", "ntk"), diagonal_spatial=True)
+        assert relative_error(sub(nngp), data["prefix_nngp_diagspatial_self"]) <= TOL
+        assert relative_error(sub(ntk), data["prefix_ntk_diagspatial_self"]) <= TOL
 
 
 @pytest.mark.parametrize("case_id", [c for c in CONV_CASES if "nngp_diagspatial" not in load(c)])

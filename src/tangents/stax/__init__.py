@@ -7,8 +7,6 @@ Every layer is a `Layer`: unpack it as ``init_fn, apply_fn, kernel_fn``, call
 # The spine
 from ._layer import Layer as Layer
 from ._layer import StaxModule as StaxModule
-from ._requirements import Bool as Bool
-from ._requirements import Diagonal as Diagonal
 
 # Combinators
 from ._combinators import parallel as parallel
@@ -81,3 +79,62 @@ from ._linear_ops import Slice as Slice
 from ._attention import AttentionMechanism as AttentionMechanism
 from ._attention import GlobalSelfAttention as GlobalSelfAttention
 from ._attention import PositionalEmbedding as PositionalEmbedding
+
+__all__ = [
+    "ABRelu",
+    "Abs",
+    "Activation",
+    "Aggregate",
+    "AttentionMechanism",
+    "AvgPool",
+    "Conv",
+    "ConvLocal",
+    "ConvTranspose",
+    "Cos",
+    "Dense",
+    "DotGeneral",
+    "Dropout",
+    "Elementwise",
+    "ElementwiseNumerical",
+    "Elu",
+    "Erf",
+    "Exp",
+    "ExpNormalized",
+    "FanInConcat",
+    "FanInProd",
+    "FanInSum",
+    "FanOut",
+    "Flatten",
+    "Gabor",
+    "Gaussian",
+    "Gelu",
+    "GlobalAvgPool",
+    "GlobalSelfAttention",
+    "GlobalSumPool",
+    "Hermite",
+    "Identity",
+    "ImageResize",
+    "Index",
+    "Layer",
+    "LayerNorm",
+    "LeakyRelu",
+    "Monomial",
+    "parallel",
+    "Polynomial",
+    "PositionalEmbedding",
+    "Rbf",
+    "RectifiedMonomial",
+    "Relu",
+    "repeat",
+    "serial",
+    "Sigmoid",
+    "Sigmoid_like",
+    "Sign",
+    "SiLU",
+    "Sin",
+    "Slice",
+    "Softplus",
+    "StaxModule",
+    "SumPool",
+    "Tanh",
+]

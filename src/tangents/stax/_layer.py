@@ -127,6 +127,19 @@ class Layer:
     def __iter__(self) -> Iterator[Callable[..., Any]]:
         return iter((self.init_fn, self.apply_fn, self.kernel_fn))
 
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int | slice) -> Any:
+        """``layer[0]``, ``layer[1]``, ``layer[2]``: ``init_fn``, ``apply_fn``, ``kernel_fn``, as
+        neural-tangents' tuple ``stax.serial(...)[2]`` (slices too)."""
+        if isinstance(index, bool) or not isinstance(index, (int, slice)):
+            raise TypeError(
+                f"{self.name}[{index!r}]: a layer indexes like neural-tangents' triple "
+                f"(init_fn, apply_fn, kernel_fn); use an int 0-2 or a slice, got {type(index).__name__}."
+            )
+        return (self.init_fn, self.apply_fn, self.kernel_fn)[index]
+
     def init_fn(
         self,
         rng: RngLike,

@@ -1,0 +1,66 @@
+"""The public surface is exactly what is documented: every public module declares ``__all__``,
+``dir()`` shows nothing else, and the README's lists name the same layers and functions."""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import re
+
+import pytest
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+#: Public module -> its documented public names (the README's "Status" and "Porting" lists).
+PUBLIC: dict[str, set[str]] = {
+    "tangents": {
+        "Kernel", "stax", "batch", "predict", "empirical", "NtkImplementation", "empirical_kernel_fn",
+        "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn", "linearize", "taylor_expand",
+        "monte_carlo_kernel_fn", "__version__",
+    },
+    "tangents.predict": {
+        "Gaussian", "ODEState", "PredictFn", "PredictFnODE", "gp_inference", "gradient_descent",
+        "gradient_descent_mse", "gradient_descent_mse_ensemble", "max_learning_rate",
+    },
+    "tangents.blocks": {"available_memory", "batch", "first_tensor", "swap_pairs", "tiled"},
+    "tangents.cli": {"COMMANDS", "main"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_public_names_are_exactly_the_documented_ones(name: str) -> None:
+    module = importlib.import_module(name)
+    assert set(module.__all__) == PUBLIC[name]
+    for public in module.__all__:
+        assert getattr(module, public) is not None
+
+
+def test_dir_of_the_package_shows_only_public_names() -> None:
+    import tangents
+
+    assert set(dir(tangents)) == PUBLIC["tangents"]
+
+
+def test_stax_names_are_the_readme_status_list() -> None:
+    from tangents import stax
+
+    status = README.read_text().split("## Status", 1)[1].split("\n## ", 1)[0]
+    stax_block = status.split("- `tangents.stax` layers", 1)[1].split("\n- `tangents.batch`", 1)[0]
+    documented = set(re.findall(r"`([A-Za-z_]+)`", stax_block))
+    assert set(stax.__all__) - {"Layer", "StaxModule"} == documented
+    visible = {n for n in dir(stax) if not n.startswith("_")}
+    assert visible == set(stax.__all__), visible ^ set(stax.__all__)
+
+
+def test_layers_index_like_neural_tangents_triples() -> None:
+    from tangents import stax
+
+    net = stax.serial(stax.Dense(3), stax.Relu())
+    init_fn, apply_fn, kernel_fn = net
+    assert len(net) == 3
+    assert net[0] == init_fn and net[1] == apply_fn and net[2] == kernel_fn and net[-1] == kernel_fn
+    assert net[:2] == (init_fn, apply_fn)
+    with pytest.raises(TypeError, match=r"indexes like neural-tangents' triple .* got str"):
+        net["kernel_fn"]
+    with pytest.raises(IndexError):
+        net[3]
