@@ -84,12 +84,12 @@ def run_worker(cmd: list[str], timeout: float, env: dict[str, str] | None = None
     return out
 
 
-def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any], Any] = lambda r: r,
-                  max_total_s: float = 120.0) -> dict[str, Any]:
+def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any], Any] = lambda r: r) -> dict[str, Any]:
     """Times ``call()``: the first (warm-up) call separately, then the median of ``repeats`` calls.
 
     ``sync(result)`` must block until the result is computed (JAX: ``block_until_ready``).
-    Fewer repeats are made when the first call shows they would exceed ``max_total_s``.
+    Both libraries go through this very function, so they get the same protocol: always
+    exactly ``repeats`` timed calls (never fewer because a call is slow).
     Returns ``first_s``, ``first_peak_mb`` (peak RSS growth of the first call), ``times_s``,
     ``median_s``, ``cpu_s`` (median process CPU time of a timed call, all threads: less
     sensitive than wall time to other users of a shared machine), ``peak_mb`` (peak RSS growth during the timed calls) and the last result.
@@ -100,7 +100,7 @@ def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any
     result = sync(call())
     first = time.perf_counter() - t0
     first_peak = peak_mb() - base
-    n = max(1, min(repeats, int(max_total_s // max(first, 1e-9))))
+    n = repeats
     times, cpu = [], []
     del result
     reset_peak()
@@ -151,6 +151,18 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def require_committed(allow_modified: bool = False) -> None:
+    """Stops a benchmark run on a tree whose ``src/`` or ``benchmarks/`` differ from the commit:
+    every number reported must come from a committed revision that the results file names."""
+    state = code_state()
+    if state["modified"] and not allow_modified:
+        raise SystemExit(
+            "benchmark refused: src/ or benchmarks/ have uncommitted changes, so the results could not name "
+            "the revision they measure:\n  " + "\n  ".join(state["modified"]) + "\ncommit them first "
+            "(or pass --allow-modified for a trial run whose results must not be reported)."
+        )
+
+
 def code_state() -> dict[str, Any]:
     """The tangents commit measured and the source files modified on top of it (git, read-only)."""
     def git(*a: str) -> str:
@@ -159,4 +171,4 @@ def code_state() -> dict[str, Any]:
                                   timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return "?"
-    return {"commit": git("rev-parse", "--short", "HEAD"), "modified": git("status", "--porcelain", "src").splitlines()}
+    return {"commit": git("rev-parse", "HEAD"), "modified": git("status", "--porcelain", "src", "benchmarks/*.py").splitlines()}

@@ -51,7 +51,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import (NT_HOWTO, code_state, fmt_mb, fmt_s, load_average, markdown_table, median_timing,  # noqa: E402
+from _common import (require_committed, NT_HOWTO, code_state, fmt_mb, fmt_s, load_average, markdown_table, median_timing,  # noqa: E402
                      nt_python, ratio, run_worker, thread_env)
 
 RESULTS = HERE / "results"
@@ -104,8 +104,7 @@ def worker_kernel(cfg: dict) -> dict:
     net = build_ours(cfg["arch"])
     x = ours_inputs(cfg, dtype)
     compile_mode = cfg.get("compile")  # None: tangents' default (compiles only very large work)
-    r = median_timing(lambda: net.kernel_fn(x, None, GET, compile=compile_mode), cfg.get("repeats", 3),
-                      max_total_s=cfg.get("max_total_s", 120.0))
+    r = median_timing(lambda: net.kernel_fn(x, None, GET, compile=compile_mode), cfg.get("repeats", 3))
     k = r.pop("result")
     if cfg.get("out"):
         m = cfg.get("corner", 64)
@@ -149,7 +148,7 @@ def worker_reference(cfg: dict) -> dict:
         g = (x @ x.T) / x.shape[1]
         return fused(g, torch.diagonal(g).contiguous())
 
-    r = median_timing(call, cfg.get("repeats", 3), max_total_s=cfg.get("max_total_s", 120.0))
+    r = median_timing(call, cfg.get("repeats", 3))
     nngp, ntk = r.pop("result")
     g = (x @ x.T) / x.shape[1]
     t0 = time.perf_counter()
@@ -261,7 +260,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per process")
     parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/kernels.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--allow-modified", action="store_true",
+                        help="run on a tree with uncommitted changes (a trial: its results must not be reported)")
     args = parser.parse_args()
+    require_committed(args.allow_modified)
     if args.worker:
         cfg = json.loads(args.worker)
         print(json.dumps(WORKERS[cfg["mode"]](cfg)))
@@ -298,7 +300,7 @@ def main() -> None:
         for job in plan(args):
             arch, shape = NETS[job["name"]]
             cfg = {"mode": "kernel", "arch": arch, "shape": shape, "n": job["n"], "dtype": job["dtype"], "seed": 0,
-                   "repeats": 3, "max_total_s": 200.0 if args.large else 120.0}
+                   "repeats": 3}
             tag = f"{job['name']}_{job['n']}_{job['dtype']}"
             row = {**job, "load_before": load_average()}
             row["tangents"] = run_worker(me + [json.dumps({**cfg, "out": f"{tmp}/ours_{tag}.npz"})], args.timeout, env)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import code_state, require_committed  # noqa: E402
 from _rss import peak_mb, reset_peak, rss_mb  # noqa: E402
 
 import torch  # noqa: E402
@@ -56,7 +57,10 @@ def main() -> None:
     parser.add_argument("--depth", type=int, choices=(5, 7, 10), default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print a torch profiler table")
+    parser.add_argument("--allow-modified", action="store_true",
+                        help="run on a tree with uncommitted changes (a trial: its results must not be reported)")
     args = parser.parse_args()
+    require_committed(args.allow_modified)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -79,6 +83,7 @@ def main() -> None:
     peak = peak_mb()
     result = {
         "benchmark": "myrtle",
+        "code": code_state(),
         "depth": args.depth,
         "n": args.n,
         "size": args.size,

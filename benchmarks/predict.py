@@ -40,7 +40,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import (NT_HOWTO, code_state, fmt_mb, fmt_s, load_average, markdown_table, median_timing,  # noqa: E402
+from _common import (require_committed, NT_HOWTO, code_state, fmt_mb, fmt_s, load_average, markdown_table, median_timing,  # noqa: E402
                      nt_python, ratio, run_worker, thread_env)
 from kernels import FC, build_ours  # noqa: E402
 
@@ -107,7 +107,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per process")
     parser.add_argument("--output", default=None, help="JSON path (default benchmarks/results/predict.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--allow-modified", action="store_true",
+                        help="run on a tree with uncommitted changes (a trial: its results must not be reported)")
     args = parser.parse_args()
+    require_committed(args.allow_modified)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
