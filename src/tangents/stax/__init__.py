@@ -81,3 +81,8 @@ from ._linear_ops import Slice as Slice
 from ._attention import AttentionMechanism as AttentionMechanism
 from ._attention import GlobalSelfAttention as GlobalSelfAttention
 from ._attention import PositionalEmbedding as PositionalEmbedding
+
+# Networks as JSON data, and named networks
+from ._spec import PRESETS as PRESETS
+from ._spec import from_spec as from_spec
+from ._spec import preset as preset
