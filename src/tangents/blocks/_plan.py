@@ -53,6 +53,9 @@ class Block:
         """``(rows, cols)``: the block's leading shape."""
         return (self.rows.stop - self.rows.start, self.cols.stop - self.cols.start)
 
+    def __hash__(self) -> int:  # (slices are unhashable before Python 3.12)
+        return hash((self.index, self.rows.start, self.rows.stop, self.cols.start, self.cols.stop, self.on_diagonal))
+
     def __repr__(self) -> str:
         return f"Block({self.index[0]}, {self.index[1]}: rows {self.rows.start}:{self.rows.stop}, cols {self.cols.start}:{self.cols.stop})"
 
