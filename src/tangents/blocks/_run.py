@@ -26,8 +26,20 @@ T = TypeVar("T")
 
 def run_threaded(workers: int, fn: Callable[[T], None], items: Sequence[T], on_done: Callable[[T], None] | None = None) -> None:
     """``fn`` on every item, in ``workers`` threads of one intra-op thread each (or in turn
-    with all threads for ``workers=1``); ``on_done(item)`` after each, in this thread."""
-    if workers > 1 and len(items) > 1:
+    with all threads for ``workers=1``); ``on_done(item)`` after each, in this thread.
+
+    With ``workers > 1`` every item runs with one intra-op thread, also a single one (here):
+    the result of a tile does not depend on which executor ran it."""
+    if workers > 1 and len(items) == 1:  # one item: here, but with one intra-op thread too
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            fn(items[0])
+        finally:
+            torch.set_num_threads(threads)
+        if on_done is not None:
+            on_done(items[0])
+    elif workers > 1 and items:
         # Tiles in parallel, one thread each, rather than many small multi-threaded ops per
         # tile: the latter stall on every op's thread barrier when cores are shared.
         threads = torch.get_num_threads()

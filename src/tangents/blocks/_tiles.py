@@ -200,7 +200,10 @@ def tiled(
             tape, tapes = None, {}
     if tape is not None and symmetric:  # blocks with themselves first: they record
         tiles.sort(key=lambda t: not t.on_diagonal)
-    compute(tiles[0])  # allocates the results
+    # The first tile allocates the results; with one intra-op thread, as the tiles after it:
+    # a tile's small ops on several threads stall on thread barriers when cores are shared,
+    # which cost blocks of a store (a kernel_fn call each) up to 5x on a loaded machine.
+    run_threaded(threads, compute, tiles[:1])
     count(tiles[0])
     if tape is not None and symmetric and not _tape_fits(tapes[(1, 0)], g1, first_tensor(x1).device):
         tape = None
