@@ -58,7 +58,7 @@ def test_block_call_slices_inputs_and_per_example_pairs():
     assert xb is None and kwargs["n"] == 3 and kwargs["pattern"][1].tolist() == [4, 5]
 
 
-def test_run_in_process_overlaps_writing_and_keeps_order():
+def test_run_in_process_one_block_at_a_time_overlaps_writing_and_keeps_order():
     plan = plan_blocks(6, None, 2, symmetric=True)
     writer_threads, done = set(), []
 
@@ -71,8 +71,23 @@ def test_run_in_process_overlaps_writing_and_keeps_order():
     assert writer_threads and all(name.startswith("tangents-writer") for name in writer_threads)
 
 
-def test_run_in_process_writes_the_last_computed_block_when_interrupted():
-    plan = list(plan_blocks(6, None, 2, symmetric=True))
+def test_run_in_process_parallel_blocks_use_one_thread_each():
+    plan = list(plan_blocks(12, None, 2, symmetric=True))  # 21 blocks
+    seen, done = [], []
+
+    def compute(block):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return block.index
+
+    run_in_process(plan, compute, lambda b, r: r, lambda b, w: done.append(w), workers=2)
+    assert sorted(done) == sorted(b.index for b in plan)  # each block once, in any order
+    assert {threads for _, threads in seen} == {1}
+    assert {name for name, _ in seen} <= {"tangents-block-0", "tangents-block-1"}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_in_process_stops_on_interrupt_and_keeps_what_was_written(workers):
+    plan = list(plan_blocks(12, None, 2, symmetric=True))
     written = []
 
     def compute(block):
@@ -81,6 +96,19 @@ def test_run_in_process_writes_the_last_computed_block_when_interrupted():
         return block.index
 
     with pytest.raises(KeyboardInterrupt):
-        run_in_process(plan, compute, lambda b, r: written.append(r), None)
-    # (1, 1) is the fourth block: the three before it were computed, and all three written.
-    assert written == [(0, 0), (0, 1), (0, 2)]
+        run_in_process(plan, compute, lambda b, r: written.append(r), None, workers=workers)
+    assert (1, 1) not in written and len(set(written)) == len(written) < len(plan)
+    if workers == 1:  # in order: the six blocks before (1, 1) were computed, and all six written
+        assert written == [(0, j) for j in range(6)]
+
+
+def test_run_in_process_passes_on_errors():
+    plan = list(plan_blocks(12, None, 2, symmetric=True))
+
+    def compute(block):
+        if block.index == (2, 3):
+            raise ValueError("kernel_fn: bad block")
+        return block.index
+
+    with pytest.raises(ValueError, match="kernel_fn: bad block"):
+        run_in_process(plan, compute, lambda b, r: r, None, workers=2)

@@ -99,8 +99,8 @@ def test_store_reproduces_neural_tangents(tmp_path, case_id, block):
 @pytest.mark.parametrize("net", ["fc", "cnn", "cnn_spatial"])
 def test_store_equals_kernel_fn_and_resume_is_bit_identical(tmp_path, net, dtype):
     """In-process, x2=None and x2 given, a block size that divides neither N: equals the in-memory
-    kernel to rounding; interrupted after 3 blocks and resumed, bit-identical, and the resume
-    computes exactly the blocks left."""
+    kernel to rounding; interrupted in its fourth block and resumed, bit-identical, and the
+    resume computes exactly the blocks left."""
     layer = NETS[net][0]()
     n1, n2, block = (23, 9, 5) if net == "fc" else (7, 4, 3)
     x1, x2 = inputs(net, n1, dtype, seed=1), inputs(net, n2, dtype, seed=2)
@@ -122,10 +122,12 @@ def test_store_equals_kernel_fn_and_resume_is_bit_identical(tmp_path, net, dtype
         with pytest.raises(KeyboardInterrupt):
             compute_kernel(interrupting(layer.kernel_fn, 1 + 3), x1, x2_, path=tmp_path / f"{tag}_resumed",
                            block_size=block, durable=False, progress=False)
-        partial = KernelStore.open(tmp_path / f"{tag}_resumed")
-        assert len(partial.missing_blocks()) == total - 3
+        # Blocks run two at a time: of the 3 computed before the interruption, those written
+        # before it reached the writing thread are done (at least the first, at most all 3).
+        done = total - len(KernelStore.open(tmp_path / f"{tag}_resumed").missing_blocks())
+        assert 1 <= done <= 3
         resumed = compute_kernel(layer, x1, x2_, path=tmp_path / f"{tag}_resumed", durable=False, progress=False)
-        assert resumed.last_run["computed"] == total - 3 and resumed.last_run["skipped"] == 3
+        assert resumed.last_run["computed"] == total - done and resumed.last_run["skipped"] == done
         assert_bit_identical(store, resumed)
 
 

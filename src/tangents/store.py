@@ -26,9 +26,10 @@ returns a `KernelStore` to read it::
 * **Symmetry.** For ``x2=None`` only blocks on and above the diagonal are computed and
   stored; reads return the symmetric matrix.
 * **Clusters.** With ``client=`` (a ``dask.distributed.Client``) each block is a task that
-  writes itself into the store (`tangents.distributed`); without, blocks run one after
-  another in this process, each with all threads, writing overlapped with computing. Either
-  way the store is bit-identical.
+  writes itself into the store (`tangents.distributed`); without, blocks run in this
+  process, as many at a time as torch has threads, each with one intra-op thread (as on a
+  Dask worker), while the blocks computed are written. Either way the store is
+  bit-identical.
 * **Memory.** Peak memory is a few blocks, whatever N: the driver never holds the kernel.
 
 Reads (`KernelArray`) refuse a store with missing blocks (`IncompleteStoreError`, naming them
@@ -96,8 +97,8 @@ STORABLE = ("nngp", "ntk")
 _BLOCK_BYTES = 256 * 2**20
 #: ... and about this many seconds of work, so progress is saved often.
 _BLOCK_SECONDS = 120.0
-#: Blocks alive at once in this process (computed, being written) plus a block's temporaries.
-_BLOCKS_IN_MEMORY = 4
+#: A disk's write speed, for planning blocks (bytes per second).
+_DISK_BYTES_PER_SECOND = 250e6
 
 
 class StoreMismatchError(ValueError):
@@ -230,8 +231,10 @@ def compute_kernel(
             ``(N1, N2, *S)`` as ``kernel_fn`` returns them.
         path: the store, a directory (created if needed) on a filesystem every worker sees.
         block_size: examples per block side (need not divide N1 or N2). ``None``: the store's,
-            when resuming; for a new store, blocks of at most 256 MB of results and about two
-            minutes of work (timed on a few examples), and at least four per Dask worker.
+            when resuming; for a new store, blocks of at most 256 MiB of results and about two
+            minutes of work (timed on a few examples), at least 4 per side when writing costs
+            more than a twentieth of computing (fully-connected kernels), at least four blocks
+            per Dask worker.
         client: a ``dask.distributed.Client``: blocks run as tasks on its cluster, each
             writing itself into the store. ``None``: in this process.
         progress: a progress bar (blocks done/total, pairs per second, ETA, blocks skipped on
@@ -327,8 +330,9 @@ def compute_kernel(
                     damaged += 1
                     with contextlib.suppress(OSError):
                         manifest_file(path, block.index).unlink()
+        workers = torch.get_num_threads() if device.type == "cpu" else 1
         if client is None:
-            _check_memory(meta, device)
+            _check_memory(meta, device, 2 * workers + 1)
         _check_disk(path, meta, len(missing))
         job = _BlockJob(call, names, meta, BlockWriter(path, meta, durable), device.type)
         done = len(plan) - len(missing)
@@ -339,7 +343,7 @@ def compute_kernel(
                 bar.update(block.pairs)
 
             if client is None:
-                run_in_process(missing, lambda block: job.compute(block, payload), job.write, count)
+                run_in_process(missing, lambda block: job.compute(block, payload), job.write, count, workers=workers)
             else:
                 from .distributed import run_on_dask
 
@@ -475,21 +479,28 @@ def _default_block_size(
     n1: int, n2: int, client: Any,
 ) -> int:
     """Blocks of at most `_BLOCK_BYTES` of results and about `_BLOCK_SECONDS` of work (timed
-    on a few examples), and at least four per Dask worker."""
+    on a few examples), at least 4 per side when writing is not negligible next to computing,
+    and at least four per Dask worker; multiples of 256 (cache tiles) from 512 on."""
     per_pair = len(names) * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     by_memory = int(math.sqrt(min(_BLOCK_BYTES, available_memory(first_tensor(payload.x1).device) / 16) / per_pair))
     seconds, k = 0.0, 2
-    while True:  # a few examples, more until the call takes a measurable time
+    while True:  # a few examples, more until a call takes a measurable time
         k1, k2 = min(k, n1), min(k, n2)
         block = Block((0, 0), slice(0, k1), slice(0, k2), False)  # a block off the diagonal
+        block_call(kernel_fn, payload.x1, payload.x2, names, block, payload.kwargs)  # first calls cost more
         start = time.perf_counter()
         block_call(kernel_fn, payload.x1, payload.x2, names, block, payload.kwargs)
-        seconds = (time.perf_counter() - start) / (k1 * k2)
-        if seconds * k1 * k2 > 0.25 or k >= 32 or (k1 == n1 and k2 == n2):
+        elapsed = time.perf_counter() - start
+        seconds = elapsed / (k1 * k2)
+        if elapsed > 0.25 or k >= 256 or (k1 == n1 and k2 == n2):
             break
         k *= 4
     by_time = int(math.sqrt(_BLOCK_SECONDS / max(seconds, 1e-12)))
     size = max(1, min(by_memory, by_time, max(n1, n2)))
+    if per_pair / _DISK_BYTES_PER_SECOND > 0.05 * seconds:
+        # Writing costs more than a twentieth of computing (fully-connected kernels): at least
+        # 4 blocks per side, so that writing some blocks overlaps computing others.
+        size = min(size, math.ceil(max(n1, n2) / 4))
     if client is not None:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         grid = math.ceil(math.sqrt(8 * workers)) if payload.x2 is None else math.ceil(math.sqrt(4 * workers))
@@ -497,14 +508,17 @@ def _default_block_size(
     return size - size % 256 if size >= 512 else size
 
 
-def _check_memory(meta: StoreMeta, device: torch.device) -> None:
-    block_bytes = len(meta.names) * math.prod(meta.chunk_shape) * np.dtype(meta.dtype).itemsize
+def _check_memory(meta: StoreMeta, device: torch.device, blocks: int) -> None:
+    """Refuses blocks whose results (``blocks`` alive at once, twice that with temporaries)
+    cannot fit in the free memory."""
+    per_pair = len(meta.names) * math.prod(meta.shape[2:]) * np.dtype(meta.dtype).itemsize
+    needed = 2 * blocks * meta.block_size**2 * per_pair
     free = available_memory(device)
-    if _BLOCKS_IN_MEMORY * block_bytes > free:
-        fits = int(math.sqrt(free / _BLOCKS_IN_MEMORY / (len(meta.names) * math.prod(meta.shape[2:]) * np.dtype(meta.dtype).itemsize)))
+    if needed > free:
+        fits = int(math.sqrt(free / (2 * blocks * per_pair)))
         raise MemoryError(
-            f"compute_kernel: a block of {meta.block_size} x {meta.block_size} examples needs about "
-            f"{_BLOCKS_IN_MEMORY * block_bytes / 2**30:.1f} GB in flight but {free / 2**30:.1f} GB are free on {device}; "
+            f"compute_kernel: blocks of {meta.block_size} x {meta.block_size} examples need about "
+            f"{needed / 2**30:.1f} GB in flight ({blocks} blocks at once) but {free / 2**30:.1f} GB are free on {device}; "
             f"use block_size <= {max(1, fits)} (a new store, or overwrite=True)."
         )
 

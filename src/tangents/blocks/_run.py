@@ -2,9 +2,10 @@
 
 * `run_threaded`: many small tiles at once, in threads of one intra-op thread each (or in
   turn with all threads) — the tiles of one ``kernel_fn`` call assembled in memory;
-* `run_in_process`: big blocks one after another (each with all threads, through
-  ``kernel_fn``'s own threaded tiles), each block's result handed to a writer thread so
-  that writing block ``k`` overlaps computing block ``k + 1``.
+* `run_in_process`: big blocks, several at a time in threads of one intra-op thread each
+  (as Dask workers compute them) while this thread writes the blocks computed; or, for a
+  few blocks, one after another with all threads (``kernel_fn``'s own threaded tiles),
+  writing block ``k`` while block ``k + 1`` is computed.
 
 The Dask executor (`tangents.distributed`) runs the same blocks as tasks.
 """
@@ -12,6 +13,8 @@ The Dask executor (`tangents.distributed`) runs the same blocks as tasks.
 from __future__ import annotations
 
 import concurrent.futures
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -65,23 +68,22 @@ def run_in_process(
     write: Callable[[Block, Any], Any],
     on_done: Callable[[Block, Any], None] | None = None,
     *,
-    overlap: bool = True,
+    workers: int = 1,
 ) -> None:
-    """Computes the blocks in turn in this thread and writes each in a writer thread.
+    """Computes the blocks in this process and writes each as soon as it is computed.
 
-    ``compute(block)`` runs here (with all of torch's threads); ``write(block, result)`` runs
-    in one writer thread while the next block is computed (``overlap=False``: here, after
-    it); ``on_done(block, written)`` gets what ``write`` returned, here, in block order.
-    At most two blocks' results are alive at once (the one written and the one computed).
+    ``workers > 1`` (and at least two blocks per worker): ``workers`` blocks at a time, each in
+    a thread of one intra-op thread (as a Dask worker computes them), while this thread writes
+    the blocks computed. ``workers=1``: one block at a time here, with all of torch's threads
+    (``kernel_fn``'s threaded tiles), each written in a writer thread while the next is computed.
+    ``on_done(block, written)`` gets what ``write(block, result)`` returned, in this thread.
+    At most ``2 workers + 1`` blocks' results are alive at once.
 
-    Interrupted (Ctrl-C) or failing, it lets the write in flight finish (so a block computed
-    is not lost) and re-raises.
+    Interrupted (Ctrl-C) or failing, it stops computing, keeps every block already written
+    (the one being written is finished or left unmarked), and re-raises.
     """
-    if not overlap:
-        for block in blocks:
-            written = write(block, compute(block))
-            if on_done is not None:
-                on_done(block, written)
+    if workers > 1 and len(blocks) >= 2 * workers:
+        _run_parallel(blocks, compute, write, on_done, workers)
         return
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tangents-writer") as writer:
         pending: tuple[Block, concurrent.futures.Future[Any]] | None = None
@@ -109,3 +111,64 @@ def _finish(pending: tuple[Block, concurrent.futures.Future[Any]], on_done: Call
     written = future.result()
     if on_done is not None:
         on_done(block, written)
+
+
+class _Failed:
+    """A computing thread's exception, passed to the writing thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _run_parallel(
+    blocks: Sequence[Block],
+    compute: Callable[[Block], Any],
+    write: Callable[[Block, Any], Any],
+    on_done: Callable[[Block, Any], None] | None,
+    workers: int,
+) -> None:
+    todo: queue.Queue[Block] = queue.Queue()
+    for block in blocks:
+        todo.put(block)
+    computed: queue.Queue[tuple[Block, Any]] = queue.Queue(maxsize=workers)
+    stop = threading.Event()
+
+    def computing() -> None:
+        torch.set_num_threads(1)
+        while not stop.is_set():
+            try:
+                block = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                item: tuple[Block, Any] = (block, compute(block))
+            except BaseException as error:  # handed to the writing thread, which raises it
+                item = (block, _Failed(error))
+            while not stop.is_set():
+                try:
+                    computed.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    # Daemon threads: an interrupted run does not wait for the blocks being computed.
+    threads = [threading.Thread(target=computing, name=f"tangents-block-{i}", daemon=True) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(len(blocks)):
+            while True:
+                try:
+                    block, result = computed.get(timeout=0.1)  # (a timeout keeps Ctrl-C responsive)
+                    break
+                except queue.Empty:
+                    if not any(thread.is_alive() for thread in threads) and computed.empty():
+                        raise RuntimeError("run_in_process: the computing threads stopped before every block was done.")
+            if isinstance(result, _Failed):
+                raise result.error
+            written = write(block, result)
+            del result
+            if on_done is not None:
+                on_done(block, written)
+    finally:
+        stop.set()
