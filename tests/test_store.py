@@ -315,3 +315,19 @@ def test_tangents_table_of_contents_and_open_errors(tmp_path):
     assert tangents.compute_kernel is compute_kernel and tangents.KernelStore is KernelStore
     with pytest.raises(ValueError, match=r"KernelStore.open: .*nothing is not a tangents kernel store \(no zarr group there\)"):
         KernelStore.open(tmp_path / "nothing")
+
+
+def test_chunks_written_directly_are_what_zarr_writes(tmp_path, monkeypatch):
+    """Blocks are written in zarr's chunk encoding without zarr's (slower) write path; the
+    encoding is checked against zarr's once per process, and zarr's path is the fallback."""
+    import tangents._store._format as store_format
+
+    assert store_format.direct_writes_match_zarr("float32") and store_format.direct_writes_match_zarr("float64")
+    x = inputs("fc", 11)
+    direct = compute_kernel(fc(), x, path=tmp_path / "direct", block_size=4, progress=False)
+    monkeypatch.setattr(store_format, "_ENCODING_CHECKED", {"float64": False})
+    through_zarr = compute_kernel(fc(), x, path=tmp_path / "zarr", block_size=4, progress=False)
+    for name in ("nngp", "ntk"):
+        for file in sorted((direct.path / name / "c").rglob("*")):
+            if file.is_file():
+                assert file.read_bytes() == (through_zarr.path / file.relative_to(direct.path)).read_bytes(), file

@@ -76,6 +76,7 @@ from .blocks import (
     first_tensor,
     is_analytic,
     leading_size,
+    one_intra_op_thread,
     run_in_process,
 )
 
@@ -232,9 +233,9 @@ def compute_kernel(
         path: the store, a directory (created if needed) on a filesystem every worker sees.
         block_size: examples per block side (need not divide N1 or N2). ``None``: the store's,
             when resuming; for a new store, blocks of at most 256 MiB of results and about two
-            minutes of work (timed on a few examples), at least 4 per side when writing costs
-            more than a twentieth of computing (fully-connected kernels), at least four blocks
-            per Dask worker.
+            minutes of work (timed on a few examples), at least 4 per side for N >= 1024 or
+            when writing costs more than a twentieth of computing, at least four blocks per
+            Dask worker.
         client: a ``dask.distributed.Client``: blocks run as tasks on its cluster, each
             writing itself into the store. ``None``: in this process.
         progress: a progress bar (blocks done/total, pairs per second, ETA, blocks skipped on
@@ -299,11 +300,17 @@ def compute_kernel(
     path.mkdir(parents=True, exist_ok=True)
     with locked(path):
         meta = _existing(path, overwrite)
-        shape, dtype, diagonal_spatial = _probe(call, payload, names, analytic)
+        if meta is not None and analytic:  # resuming: a stax kernel has its inputs' dtype
+            shape, dtype, diagonal_spatial = meta.shape[2:], first_tensor(x1).dtype, meta.diagonal_spatial
+        else:
+            with one_intra_op_thread():
+                shape, dtype, diagonal_spatial = _probe(call, payload, names, analytic)
         if block_size is None:
-            block_size = meta.block_size if meta is not None else _default_block_size(
-                call, payload, names, shape, dtype, n1, n2, client
-            )
+            if meta is not None:
+                block_size = meta.block_size
+            else:
+                with one_intra_op_thread():  # as blocks are computed
+                    block_size = _default_block_size(call, payload, names, shape, dtype, n1, n2, client)
         fp = fingerprint(layer if architecture is None else architecture, {**bound, **kernel_fn_kwargs},
                          x1, x2, dtype, names, block_size)
         if meta is None:
@@ -332,7 +339,7 @@ def compute_kernel(
                         manifest_file(path, block.index).unlink()
         workers = torch.get_num_threads() if device.type == "cpu" else 1
         if client is None:
-            _check_memory(meta, device, 2 * workers + 1)
+            _check_memory(meta, device, 2 * workers + 2)
         _check_disk(path, meta, len(missing))
         job = _BlockJob(call, names, meta, BlockWriter(path, meta, durable), device.type)
         done = len(plan) - len(missing)
@@ -479,8 +486,9 @@ def _default_block_size(
     n1: int, n2: int, client: Any,
 ) -> int:
     """Blocks of at most `_BLOCK_BYTES` of results and about `_BLOCK_SECONDS` of work (timed
-    on a few examples), at least 4 per side when writing is not negligible next to computing,
-    and at least four per Dask worker; multiples of 256 (cache tiles) from 512 on."""
+    on a few examples), at least 4 per side for large kernels or when writing is not
+    negligible next to computing, and at least four per Dask worker; multiples of 256 (cache
+    tiles) from 512 on."""
     per_pair = len(names) * math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     by_memory = int(math.sqrt(min(_BLOCK_BYTES, available_memory(first_tensor(payload.x1).device) / 16) / per_pair))
     seconds, k = 0.0, 2
@@ -497,9 +505,10 @@ def _default_block_size(
         k *= 4
     by_time = int(math.sqrt(_BLOCK_SECONDS / max(seconds, 1e-12)))
     size = max(1, min(by_memory, by_time, max(n1, n2)))
-    if per_pair / _DISK_BYTES_PER_SECOND > 0.05 * seconds:
-        # Writing costs more than a twentieth of computing (fully-connected kernels): at least
-        # 4 blocks per side, so that writing some blocks overlaps computing others.
+    if max(n1, n2) >= 1024 or per_pair / _DISK_BYTES_PER_SECOND > 0.05 * seconds:
+        # Large kernels, or writing costs more than a twentieth of computing (fully-connected
+        # kernels): at least 4 blocks per side, so that blocks are computed in parallel while
+        # others are written, and a crash loses little.
         size = min(size, math.ceil(max(n1, n2) / 4))
     if client is not None:
         workers = max(1, len(client.scheduler_info().get("workers", {})))

@@ -20,6 +20,7 @@ from ._plan import leading_size as leading_size
 from ._plan import plan_blocks as plan_blocks
 from ._plan import slice_inputs as slice_inputs
 from ._progress import BlockProgress as BlockProgress
+from ._run import one_intra_op_thread as one_intra_op_thread
 from ._run import run_in_process as run_in_process
 from ._run import run_threaded as run_threaded
 from ._tiles import available_memory as available_memory
@@ -40,6 +41,7 @@ __all__ = [
     "first_tensor",
     "is_analytic",
     "leading_size",
+    "one_intra_op_thread",
     "plan_blocks",
     "run_in_process",
     "run_threaded",

@@ -13,18 +13,34 @@ The Dask executor (`tangents.distributed`) runs the same blocks as tasks.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
 
 from ._plan import Block
 
-__all__ = ["run_in_process", "run_threaded"]
+__all__ = ["one_intra_op_thread", "run_in_process", "run_threaded"]
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """Torch ops in this thread use one thread inside the ``with`` block.
+
+    Small ops spread over several threads stall on every op's thread barrier when the cores
+    are shared (several times slower on a loaded machine); a block or tile run this way also
+    has the same numbers on every executor."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_threaded(workers: int, fn: Callable[[T], None], items: Sequence[T], on_done: Callable[[T], None] | None = None) -> None:
@@ -34,12 +50,8 @@ def run_threaded(workers: int, fn: Callable[[T], None], items: Sequence[T], on_d
     With ``workers > 1`` every item runs with one intra-op thread, also a single one (here):
     the result of a tile does not depend on which executor ran it."""
     if workers > 1 and len(items) == 1:  # one item: here, but with one intra-op thread too
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_intra_op_thread():
             fn(items[0])
-        finally:
-            torch.set_num_threads(threads)
         if on_done is not None:
             on_done(items[0])
     elif workers > 1 and items:
@@ -73,11 +85,11 @@ def run_in_process(
     """Computes the blocks in this process and writes each as soon as it is computed.
 
     ``workers > 1`` (and at least two blocks per worker): ``workers`` blocks at a time, each in
-    a thread of one intra-op thread (as a Dask worker computes them), while this thread writes
-    the blocks computed. ``workers=1``: one block at a time here, with all of torch's threads
+    a thread of one intra-op thread (as a Dask worker computes them), while two writer threads
+    write the blocks computed. ``workers=1``: one block at a time here, with all of torch's threads
     (``kernel_fn``'s threaded tiles), each written in a writer thread while the next is computed.
     ``on_done(block, written)`` gets what ``write(block, result)`` returned, in this thread.
-    At most ``2 workers + 1`` blocks' results are alive at once.
+    At most ``2 workers + 2`` blocks' results are alive at once.
 
     Interrupted (Ctrl-C) or failing, it stops computing, keeps every block already written
     (the one being written is finished or left unmarked), and re-raises.
@@ -111,6 +123,10 @@ def _finish(pending: tuple[Block, concurrent.futures.Future[Any]], on_done: Call
     written = future.result()
     if on_done is not None:
         on_done(block, written)
+
+
+#: Writer threads of a parallel run.
+_WRITERS = 2
 
 
 class _Failed:
@@ -155,20 +171,31 @@ def _run_parallel(
     threads = [threading.Thread(target=computing, name=f"tangents-block-{i}", daemon=True) for i in range(workers)]
     for thread in threads:
         thread.start()
+    # Two writer threads: one block's write waiting for the disk (fsync) does not hold up the
+    # next; leaving the pool waits for the writes in flight, so no block computed is lost.
+    pending: dict[concurrent.futures.Future[Any], Block] = {}
+    received = 0
     try:
-        for _ in range(len(blocks)):
-            while True:
-                try:
-                    block, result = computed.get(timeout=0.1)  # (a timeout keeps Ctrl-C responsive)
-                    break
-                except queue.Empty:
-                    if not any(thread.is_alive() for thread in threads) and computed.empty():
-                        raise RuntimeError("run_in_process: the computing threads stopped before every block was done.")
-            if isinstance(result, _Failed):
-                raise result.error
-            written = write(block, result)
-            del result
-            if on_done is not None:
-                on_done(block, written)
+        with concurrent.futures.ThreadPoolExecutor(_WRITERS, thread_name_prefix="tangents-writer") as writers:
+            while received < len(blocks) or pending:
+                for future in [f for f in pending if f.done()]:
+                    block = pending.pop(future)
+                    written = future.result()
+                    if on_done is not None:
+                        on_done(block, written)
+                if received < len(blocks) and len(pending) < _WRITERS:
+                    try:
+                        block, result = computed.get(timeout=0.05)  # (a timeout keeps Ctrl-C responsive)
+                    except queue.Empty:
+                        if not any(thread.is_alive() for thread in threads) and computed.empty():
+                            raise RuntimeError("run_in_process: the computing threads stopped before every block was done.")
+                        continue
+                    received += 1
+                    if isinstance(result, _Failed):
+                        raise result.error
+                    pending[writers.submit(write, block, result)] = block
+                    del result
+                else:
+                    concurrent.futures.wait(list(pending), timeout=0.05, return_when=concurrent.futures.FIRST_COMPLETED)
     finally:
         stop.set()
