@@ -11,6 +11,7 @@ on port 8787 first, and warns when another cluster on this machine holds that po
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -57,6 +58,7 @@ def same_bytes(a, b) -> bool:
 def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
     """FC and CNN, float32 and float64, x2=None and x2 given, a block that divides neither N."""
     nets = {"fc": (fc(), (6,), 11, 4), "cnn": (cnn(), (3, 5, 5), 7, 3)}
+    writers = set()  # the processes that wrote blocks (each manifest entry names its pid)
     for name, (net, shape, n, block) in nets.items():
         for dtype in (torch.float32, torch.float64):
             g = torch.Generator().manual_seed(5)
@@ -69,6 +71,8 @@ def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
                                        timeout=TIMEOUT, durable=False, progress=False)
                 assert there.last_run["computed"] == len(there.plan) == len(here.plan)
                 assert same_bytes(here, there), tag
+                writers |= {json.loads(f.read_text())["pid"] for f in (there.path / "manifest").glob("*.json")}
+    assert writers == set(client.run(os.getpid, wait=True).values())  # both workers, not this process
 
 
 def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):

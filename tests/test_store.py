@@ -331,3 +331,18 @@ def test_chunks_written_directly_are_what_zarr_writes(tmp_path, monkeypatch):
         for file in sorted((direct.path / name / "c").rglob("*")):
             if file.is_file():
                 assert file.read_bytes() == (through_zarr.path / file.relative_to(direct.path)).read_bytes(), file
+
+
+def test_readme_store_example_runs(tmp_path, monkeypatch):
+    """The README's store example runs as printed (in a temporary directory)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Kernels larger than memory: stores and clusters", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md (stores)", "exec"), namespace)  # noqa: S102
+    assert namespace["rows"].shape == (1000, 2000) and namespace["k"].shape == (2000, 2000)
+    assert namespace["store"].complete and len(namespace["store"].plan) == 10  # 4 x 4 blocks, upper triangle
+    assert namespace["lazy"].shape == (2000, 2000) and namespace["k"].dtype == torch.float64  # (tests run in float64)

@@ -95,7 +95,7 @@ __all__ = [
 #: Kernels a store can hold: those with leading axes (N1, N2).
 STORABLE = ("nngp", "ntk")
 #: Default block: at most this many bytes of results (all kernels) ...
-_BLOCK_BYTES = 256 * 2**20
+_BLOCK_BYTES = 128 * 2**20
 #: ... and about this many seconds of work, so progress is saved often.
 _BLOCK_SECONDS = 120.0
 #: A disk's write speed, for planning blocks (bytes per second).
@@ -232,7 +232,7 @@ def compute_kernel(
             ``(N1, N2, *S)`` as ``kernel_fn`` returns them.
         path: the store, a directory (created if needed) on a filesystem every worker sees.
         block_size: examples per block side (need not divide N1 or N2). ``None``: the store's,
-            when resuming; for a new store, blocks of at most 256 MiB of results and about two
+            when resuming; for a new store, blocks of at most 128 MiB of results and about two
             minutes of work (timed on a few examples), at least 4 per side for N >= 1024 or
             when writing costs more than a twentieth of computing, at least four blocks per
             Dask worker.

@@ -103,7 +103,7 @@ def build_parser(prog: str = "tangents kernel") -> argparse.ArgumentParser:
     how = parser.add_argument_group("how")
     how.add_argument("--out", metavar="STORE", help="the store (a directory, created if needed)")
     how.add_argument("--block", type=_positive_int, default=None, metavar="B",
-                     help="examples per block side (default: the store's when resuming; else about two minutes of work and at most 256 MB per block)")
+                     help="examples per block side (default: the store's when resuming; else about two minutes of work and at most 128 MiB of results per block)")
     where = how.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="run the blocks on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.1:8786)")
     where.add_argument("--workers", type=_positive_int, metavar="K", help="run the blocks on a local Dask cluster of K worker processes")
