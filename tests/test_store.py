@@ -21,6 +21,7 @@ import torch
 
 import tangents
 import tangents._store._fingerprint as fingerprint_module
+import tangents._store._read
 from reference_cases import CASES, load, relative_error
 from tangents import stax
 from tangents.store import IncompleteStoreError, KernelStore, StoreBusyError, StoreMismatchError, compute_kernel
@@ -306,7 +307,7 @@ def test_reads_slices_of_the_symmetric_kernel(tmp_path, monkeypatch):
         view[7]
     with pytest.raises(KeyError, match=r"no kernel 'ntkk' .* \(did you mean 'ntk'\?\); it holds nngp, ntk"):
         store["ntkk"]
-    monkeypatch.setattr(tangents.store, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(tangents._store._read, "available_memory", lambda device: 1000)
     with pytest.raises(MemoryError, match=r"KernelArray.to_torch: ntk \(7, 7, 4, 4, 3, 3\) needs 0\.00 GB but 0\.00 GB are free on cpu; read it in slices"):
         view.to_torch()
 

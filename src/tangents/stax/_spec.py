@@ -45,7 +45,7 @@ from ._activations import Relu
 from ._branching import FanInSum, FanOut, Identity
 from ._combinators import _Parallel, _Repeat, _Serial, parallel, repeat, serial
 from ._conv import Conv
-from ._custom import Elementwise, ElementwiseNumerical, SiLU, Sigmoid, Softplus, Tanh
+from ._custom import ElementwiseNumerical, SiLU, Sigmoid, Softplus, Tanh
 from ._dense import Dense
 from ._graph import _identity
 from ._layer import Layer
