@@ -29,6 +29,7 @@ from ..blocks import (
     available_memory,
     block_call,
     first_tensor,
+    inner_bars_hidden,
     is_analytic,
     leading_size,
     one_intra_op_thread,
@@ -85,7 +86,8 @@ class _BlockJob:
 
     def compute(self, block: Block, payload: _Payload) -> tuple[dict[str, np.ndarray], float]:
         start = time.perf_counter()
-        out = block_call(self.kernel_fn, payload.x1, payload.x2, self.names, block, payload.kwargs)
+        with inner_bars_hidden():  # no progress bar of the block's own tiles
+            out = block_call(self.kernel_fn, payload.x1, payload.x2, self.names, block, payload.kwargs)
         arrays = _results(out, self.names, block, self.meta)
         return arrays, time.perf_counter() - start
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..blocks import Block, available_memory
-from ._format import StoreMeta, check_block, read_manifest, read_meta
+from ._format import StoreMeta, check_block, chunk_key, read_manifest, read_meta
 
 if TYPE_CHECKING:
     import dask.array
@@ -338,6 +338,14 @@ class KernelArray:
         return out
 
     def _zarr_read(self, array: Any, rows: slice, cols: slice) -> np.ndarray:
+        meta, b = self._store._meta, self._store.block_size
+        for i in range(rows.start // b, -(-rows.stop // b)):  # zarr reads a missing chunk as NaN
+            for j in range(cols.start // b, -(-cols.stop // b)):
+                if not (self._store.path / chunk_key(meta, self.name, (i, j))).is_file():
+                    raise IncompleteStoreError(
+                        f"KernelStore: the {self.name} chunk of block ({i}, {j}) of {self._store.path} is missing "
+                        f"(deleted?); run compute_kernel with the same arguments to recompute it."
+                    )
         try:
             return array[rows, cols]
         except Exception as e:  # zarr's checksum or decoding failed: a damaged chunk

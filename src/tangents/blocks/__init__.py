@@ -20,6 +20,7 @@ from ._plan import leading_size as leading_size
 from ._plan import plan_blocks as plan_blocks
 from ._plan import slice_inputs as slice_inputs
 from ._progress import BlockProgress as BlockProgress
+from ._progress import inner_bars_hidden as inner_bars_hidden
 from ._run import one_intra_op_thread as one_intra_op_thread
 from ._run import run_in_process as run_in_process
 from ._run import run_threaded as run_threaded
@@ -39,6 +40,7 @@ __all__ = [
     "block_arguments",
     "block_call",
     "first_tensor",
+    "inner_bars_hidden",
     "is_analytic",
     "leading_size",
     "one_intra_op_thread",

@@ -7,13 +7,34 @@ on resume)``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["BlockProgress"]
+__all__ = ["BlockProgress", "inner_bars_hidden"]
+
+_hidden = 0
+_hidden_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def inner_bars_hidden() -> Iterator[None]:
+    """Bars that would appear on their own (``show=None``) stay hidden inside the ``with``
+    block, in every thread: the tiles of each block of a store have no bar of their own
+    under the store's."""
+    global _hidden
+    with _hidden_lock:
+        _hidden += 1
+    try:
+        yield
+    finally:
+        with _hidden_lock:
+            _hidden -= 1
 
 
 class BlockProgress:
@@ -25,7 +46,7 @@ class BlockProgress:
         done_blocks: blocks already done when this run starts (skipped on resume).
         done_pairs: their pairs.
         show: ``True`` always shows the bar, ``False`` never; ``None`` shows it once the run
-            has lasted two seconds.
+            has lasted two seconds (unless inside `inner_bars_hidden`).
         desc: the bar's label.
         leave: keep the finished bar on screen (default: when ``show`` is ``True``).
         file: where the bar is written (default: standard error).
@@ -56,7 +77,7 @@ class BlockProgress:
             unit="pair",
             unit_scale=True,
             desc=self._describe(),
-            disable=show is False,
+            disable=show is False or (show is None and _hidden > 0),
             delay=0 if show else 2.0,
             leave=bool(show) if leave is None else leave,
             file=file if file is not None else sys.stderr,
