@@ -11,14 +11,16 @@ Three parts (``all`` runs them in turn):
   call (warm-up) apart, median of ``--repeats`` calls; every store call writes a new store.
   Target: time ratio store / in-memory <= 1.15.
 * ``dask``: the same store computed on a Dask ``LocalCluster`` of 1 and of 2 worker processes
-  (one thread each), the compute-bound CNN above (N = 40, blocks of 5: 36 tasks), each
-  cluster warmed up on a small store first, median of ``--repeats``. Target: 2 workers
-  against 1, speed-up >= 1.7 on a 2-core machine.
+  (one thread each), the compute-bound CNN above (N = 64, blocks of 8: 36 tasks of 64
+  pairs, ~6 s of work), each cluster warmed up on a small store first, median of
+  ``--repeats``. Target: 2 workers against 1, speed-up >= 1.7 on a 2-core machine.
 * ``cifar``: ``tangents kernel --arch fc`` on 60,000 inputs of 3,072 features (float32, nngp
   and ntk: 2 x 14.4 GB as matrices, about 14.4 GB of upper blocks on disk), killed
   (SIGKILL) when half of the blocks are done, then the same command again: total time, peak
   resident set of each run, blocks done at the kill, blocks the resume computed, and the
-  blocks in flight at the kill (chunks written but not marked done: the work lost).
+  blocks caught writing at the kill (a chunk on disk, no manifest entry). The work lost is
+  those plus the blocks being computed (at most one per thread): every other block the
+  resume computes had not been started.
   It checks the free disk space first and deletes every file it wrote.
 
 Each part prints a markdown table and writes ``benchmarks/results/scale_<part>.json`` with the
@@ -27,7 +29,7 @@ quiet machine.
 
 Run::
 
-    .venv/bin/python benchmarks/scale.py all                       # ~15-25 minutes on 2 cores
+    .venv/bin/python benchmarks/scale.py all                       # ~15-20 minutes on 2 cores
     .venv/bin/python benchmarks/scale.py overhead --fc-n 2000 --cnn-n 12 --repeats 1   # quick check
     .venv/bin/python benchmarks/scale.py cifar --n 6000            # a smaller kill-and-resume
 """
@@ -248,7 +250,7 @@ def part_cifar(args: argparse.Namespace, me: list[str]) -> dict:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = markdown_table(
-        ["N x features", "block", "blocks", "done at kill", "in flight at kill", "computed on resume", "total (s)",
+        ["N x features", "block", "blocks", "done at kill", "caught writing at kill", "computed on resume", "total (s)",
          "peak RSS MiB (run / resume)", "store GiB"],
         [[f"{n} x {d}", row["block_size"], row["blocks"], row["done_at_kill"], row["in_flight_at_kill"],
           row["computed_on_resume"], f"{row['total_s']:.0f}", f"{row['peak_rss_mb_first']:.0f} / {row['peak_rss_mb_resume']:.0f}",
@@ -315,8 +317,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--fc-n", type=int, default=8000)
     parser.add_argument("--cnn-n", type=int, default=50)
-    parser.add_argument("--dask-n", type=int, default=40)
-    parser.add_argument("--dask-block", type=int, default=5)
+    parser.add_argument("--dask-n", type=int, default=64)
+    parser.add_argument("--dask-block", type=int, default=8)
     parser.add_argument("--n", type=int, default=60000, help="cifar: number of inputs")
     parser.add_argument("--block", type=int, default=None, help="cifar: block size (default: tangents' choice)")
     parser.add_argument("--tmp", default=None, help="directory for the stores (default: the system's temporary directory)")

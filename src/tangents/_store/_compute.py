@@ -98,18 +98,18 @@ class _BlockJob:
         return self.write(block, self.compute(block, _on_device(payload, self.device)))
 
 
-_DEVICE_CACHE: dict[tuple[int, str], _Payload] = {}
+#: ``(payload, device, payload on device)`` of the last move (holding the payload, so that the
+#: identity test below cannot match a new payload at a recycled address).
+_ON_DEVICE: list[tuple[_Payload, str, _Payload]] = []
 
 
 def _on_device(payload: _Payload, device: str) -> _Payload:
-    """The payload on ``device`` (moved once per worker process and device)."""
+    """The payload on ``device`` (moved once per worker process, payload and device)."""
     if first_tensor(payload.x1).device.type == device:
         return payload
-    key = (id(payload), device)
-    if key not in _DEVICE_CACHE:
-        _DEVICE_CACHE.clear()
-        _DEVICE_CACHE[key] = _Payload(*_tree_to((payload.x1, payload.x2, payload.kwargs), device))
-    return _DEVICE_CACHE[key]
+    if not (_ON_DEVICE and _ON_DEVICE[0][0] is payload and _ON_DEVICE[0][1] == device):
+        _ON_DEVICE[:] = [(payload, device, _Payload(*_tree_to((payload.x1, payload.x2, payload.kwargs), device)))]
+    return _ON_DEVICE[0][2]
 
 
 def _tree_to(x: Any, device: str) -> Any:
@@ -307,7 +307,7 @@ def compute_kernel(
             if client is None:
                 run_in_process(missing, lambda block: job.compute(block, payload), job.write, count, workers=workers)
             else:
-                from .distributed import run_on_dask
+                from ..distributed import run_on_dask
 
                 cpu = _Payload(*_tree_to((x1, x2, payload.kwargs), "cpu"))
                 run_on_dask(client, missing, job, cpu, count, timeout=timeout)

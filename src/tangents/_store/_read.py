@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..blocks import Block, available_memory
+from ..blocks import Block, BlockPlan, available_memory
 from ._format import StoreMeta, check_block, chunk_key, read_manifest, read_meta
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ class KernelStore:
         return copy.deepcopy(self._meta.fingerprint)
 
     @property
-    def plan(self) -> Any:
+    def plan(self) -> BlockPlan:
         """The store's `tangents.blocks.BlockPlan`."""
         return self._meta.plan()
 
