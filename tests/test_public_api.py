@@ -16,13 +16,23 @@ PUBLIC: dict[str, set[str]] = {
     "tangents": {
         "Kernel", "stax", "batch", "predict", "empirical", "NtkImplementation", "empirical_kernel_fn",
         "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn", "linearize", "taylor_expand",
-        "monte_carlo_kernel_fn", "__version__",
+        "monte_carlo_kernel_fn", "__version__", "store", "compute_kernel", "KernelStore",
     },
     "tangents.predict": {
         "Gaussian", "ODEState", "PredictFn", "PredictFnODE", "gp_inference", "gradient_descent",
         "gradient_descent_mse", "gradient_descent_mse_ensemble", "max_learning_rate",
     },
-    "tangents.blocks": {"available_memory", "batch", "first_tensor", "swap_pairs", "tiled"},
+    "tangents.blocks": {
+        "Block", "BlockPlan", "BlockProgress", "available_memory", "batch", "block_arguments",
+        "block_call", "first_tensor", "inner_bars_hidden", "is_analytic", "leading_size",
+        "one_intra_op_thread", "plan_blocks", "run_in_process", "run_threaded", "slice_inputs",
+        "swap_pairs", "tiled",
+    },
+    "tangents.store": {
+        "IncompleteStoreError", "KernelArray", "KernelStore", "StoreBusyError", "StoreMismatchError",
+        "compute_kernel",
+    },
+    "tangents.distributed": {"connect", "local_client", "run_on_dask"},
     "tangents.cli": {"COMMANDS", "main"},
 }
 

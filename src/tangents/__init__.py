@@ -32,11 +32,15 @@ _WHERE: dict[str, str] = {
     "taylor_expand": ".linearize",
     # Kernels estimated by sampling finite networks
     "monte_carlo_kernel_fn": ".monte_carlo",
+    # Kernels larger than memory: stores and clusters
+    "store": ".store",
+    "KernelStore": ".store",
+    "compute_kernel": ".store",
 }
 
 __all__ = ["__version__", *_WHERE]
 
-_MODULES = {"stax", "predict", "empirical"}
+_MODULES = {"stax", "predict", "empirical", "store"}
 
 
 def __getattr__(name: str) -> Any:
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
     from . import empirical as empirical
     from . import predict as predict
     from . import stax as stax
+    from . import store as store
     from ._kernel import Kernel as Kernel
     from .blocks import batch as batch
     from .empirical import NtkImplementation as NtkImplementation
@@ -67,3 +72,5 @@ if TYPE_CHECKING:
     from .linearize import linearize as linearize
     from .linearize import taylor_expand as taylor_expand
     from .monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
+    from .store import KernelStore as KernelStore
+    from .store import compute_kernel as compute_kernel

@@ -1,8 +1,8 @@
 """`batch`: compute a kernel tile by tile, with bounded memory and the unbatched numbers.
 
-The ``(N1, N2)`` pairs are split into ``(b, b)`` tiles; each tile is one call of the
-kernel function on a slice of ``x1`` and a slice of ``x2``, written into a preallocated
-result. For ``x2=None`` only the tiles on and above the diagonal are computed (the others
+The ``(N1, N2)`` pairs are split into ``(b, b)`` tiles (the block plan of `_plan`); each
+tile is one call of the kernel function on a slice of ``x1`` and a slice of ``x2``
+(`block_call`), written into a preallocated result. For ``x2=None`` only the tiles on and above the diagonal are computed (the others
 are their transposes), and diagonal tiles are computed as ``kernel_fn(x1_i, None)``, so
 layers that treat ``x2 = x1`` specially (``Dropout``) give the same numbers as unbatched.
 
@@ -11,16 +11,17 @@ Peak memory is the result plus one tile's intermediates.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .._kernel import Kernel, check_get, select
+from ._plan import Block, block_call, is_pair, leading_size, plan_blocks, slice_inputs, split_kwargs
+from ._progress import BlockProgress
+from ._run import run_threaded
 
 KernelFn = Callable[..., Any]
 
@@ -72,13 +73,13 @@ def batch(
     @functools.wraps(kernel_fn)
     def batched_kernel_fn(x1: Any, x2: Any = None, get: Any = None, **kwargs: Any) -> Any:
         return tiled(
-            kernel_fn, x1, x2, get, batch_size, store_on_device, progress, kwargs, _is_analytic(kernel_fn)
+            kernel_fn, x1, x2, get, batch_size, store_on_device, progress, kwargs, is_analytic(kernel_fn)
         )
 
     return batched_kernel_fn
 
 
-def _is_analytic(kernel_fn: KernelFn) -> bool:
+def is_analytic(kernel_fn: KernelFn) -> bool:
     """Whether ``kernel_fn`` is a ``stax`` layer's ``kernel_fn`` (it returns `Kernel` records for
     ``get=None``, so ``x2=None`` can use symmetry), also behind ``functools.partial`` (keyword
     arguments only) and ``functools.wraps`` wrappers such as `batch`'s own."""
@@ -94,41 +95,6 @@ def _is_analytic(kernel_fn: KernelFn) -> bool:
         if kernel_fn is None:
             return False
     return False
-
-
-def _leading(x: Any) -> int:
-    if isinstance(x, (list, tuple)):
-        return _leading(x[0])
-    return int(x.shape[0])
-
-
-def _slice(x: Any, rows: slice) -> Any:
-    if isinstance(x, (list, tuple)):
-        return type(x)(_slice(xi, rows) for xi in x)
-    return x[rows]
-
-
-def _split_kwargs(kwargs: dict[str, Any], rows1: slice, rows2: slice | None) -> dict[str, Any]:
-    """Slices per-example keyword arguments given as pairs ``(for_x1, for_x2)``."""
-    out = {}
-    for key, value in kwargs.items():
-        if _is_pair(value):
-            first = None if value[0] is None else value[0][rows1]
-            second_source = value[0] if rows2 is None else value[1]
-            second = None if second_source is None else second_source[rows1 if rows2 is None else rows2]
-            out[key] = (first, second)
-        else:
-            out[key] = value
-    return out
-
-
-def _is_pair(value: Any) -> bool:
-    """Whether a keyword argument is a per-example pair ``(for_x1, for_x2)``."""
-    return (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and all(isinstance(v, torch.Tensor) or v is None or hasattr(v, "shape") for v in value)
-    )
 
 
 def swap_pairs(t: torch.Tensor, diagonal_spatial: bool) -> torch.Tensor:
@@ -171,104 +137,83 @@ def tiled(
     tiles of its row and column (see `tangents.stax._tape`).
     """
     symmetric = x2 is None and analytic
-    n1 = _leading(x1)
-    n2 = n1 if x2 is None else _leading(x2)
-    starts1 = list(range(0, n1, b))
-    starts2 = list(range(0, n2, b))
-    tiles = [(i, j) for i in starts1 for j in starts2 if not (symmetric and j < i)]
+    n1 = leading_size(x1)
+    plan = plan_blocks(n1, None if x2 is None else leading_size(x2), b, symmetric=symmetric)
+    n2 = plan.n2
+    tiles = list(plan.blocks)
     inner_get = None if analytic else get
-    tapes: dict[tuple[int, int], Any] = {}  # (which input, block start) -> tape
+    tapes: dict[tuple[int, int], Any] = {}  # (which input, block index) -> tape
     if tape is not None and not _tape_pays(symmetric, n1, n2, b):
         tape = None
 
-    def compute(tile: tuple[int, int]) -> None:
-        i, j = tile
-        r1, r2 = slice(i, min(i + b, n1)), slice(j, min(j + b, n2))
-        xa = _slice(x1, r1)
-        on_diagonal = x2 is None and i == j
-        if on_diagonal:
-            xb, tile_kwargs = None, _split_kwargs(kwargs, r1, None)
-        else:
-            xb = _slice(x1 if x2 is None else x2, r2)
-            tile_kwargs = _split_kwargs(kwargs, r1, r2) if x2 is not None else _split_kwargs_self(kwargs, r1, r2)
+    def compute(tile: Block) -> None:
+        i, j = tile.index
         mirrored: dict[str, torch.Tensor] = {}
         if tape is None:
             context = contextlib.nullcontext()
-        elif on_diagonal:
+        elif tile.on_diagonal:
             context = tape.recording()
         else:
             context = tape.replaying(tapes[(1, i)], tapes[(1 if symmetric else 2, j)])
         with context as recorded:
             if mirrors:
-                result, mirrored = kernel_fn(xa, xb, inner_get, mirror=symmetric and not on_diagonal, **tile_kwargs)
+                mirror = symmetric and not tile.on_diagonal
+                result, mirrored = block_call(kernel_fn, x1, x2, inner_get, tile, kwargs, mirror=mirror)
             else:
-                result = kernel_fn(xa, xb, inner_get, **tile_kwargs)
-        if tape is not None and on_diagonal:
+                result = block_call(kernel_fn, x1, x2, inner_get, tile, kwargs)
+        if tape is not None and tile.on_diagonal:
             tapes[(1, i)] = recorded
-        _write(out, result_holder, result, r1, r2, n1, n2, symmetric, on_diagonal, store_on_device, mirrored)
+        _write(out, result_holder, result, tile.rows, tile.cols, n1, n2, symmetric, tile.on_diagonal,
+               store_on_device, mirrored)
 
     def record(block: tuple[int, int]) -> None:
         """Records the self-covariances of a block of ``x1`` (1) or ``x2`` (2) alone."""
         which, i = block
         x = x1 if which == 1 else x2
-        rows = slice(i, min(i + b, _leading(x)))
+        rows = slice(i * b, min((i + 1) * b, n1 if which == 1 else n2))
         if which == 2:  # x2's per-example arguments, as for a block of x2 with itself
-            block_kwargs = {k: (v[1], v[1]) if _is_pair(v) else v for k, v in kwargs.items()}
+            block_kwargs = {k: (v[1], v[1]) if is_pair(v) else v for k, v in kwargs.items()}
         else:
             block_kwargs = kwargs
         with tape.recording() as recorded:
-            kernel_fn(_slice(x, rows), None, inner_get, **_split_kwargs(block_kwargs, rows, None))
+            kernel_fn(slice_inputs(x, rows), None, inner_get, **split_kwargs(block_kwargs, rows, None, True))
         tapes[block] = recorded
 
     out: dict[str, Any] = {}
     result_holder: list[Any] = []
     # progress=None: a bar appears only if the work takes longer than two seconds.
-    bar = tqdm(total=len(tiles), desc="kernel tiles", disable=progress is False, delay=0 if progress else 2.0, leave=False)
+    bar = BlockProgress(len(tiles), plan.pairs, show=progress, desc="kernel tiles", leave=False)
     workers = torch.get_num_threads()
     in_threads = analytic and parallel and workers > 1 and len(tiles) > 2 and first_tensor(x1).device.type == "cpu"
-    run = functools.partial(_run_all, workers if in_threads else 1, bar)
+    threads = workers if in_threads else 1
+
+    def count(tile: Block) -> None:
+        bar.update(tile.pairs)
+
+    g1, g2 = plan.grid
     if tape is not None and not symmetric:  # x2 given: each block's covariances first
-        blocks = [(1, i) for i in starts1] + [(2, j) for j in starts2]
+        blocks = [(1, i) for i in range(g1)] + [(2, j) for j in range(g2)]
         record(blocks[0])
         if _tape_fits(tapes[blocks[0]], len(blocks), first_tensor(x1).device):
-            run(record, blocks[1:], count=False)
+            run_threaded(threads, record, blocks[1:])
         else:
             tape, tapes = None, {}
     if tape is not None and symmetric:  # blocks with themselves first: they record
-        tiles.sort(key=lambda t: t[0] != t[1])
-    compute(tiles[0])  # allocates the results
-    bar.update()
-    if tape is not None and symmetric and not _tape_fits(tapes[(1, 0)], len(starts1), first_tensor(x1).device):
+        tiles.sort(key=lambda t: not t.on_diagonal)
+    # The first tile allocates the results; with one intra-op thread, as the tiles after it:
+    # a tile's small ops on several threads stall on thread barriers when cores are shared,
+    # which cost blocks of a store (a kernel_fn call each) up to 5x on a loaded machine.
+    run_threaded(threads, compute, tiles[:1])
+    count(tiles[0])
+    if tape is not None and symmetric and not _tape_fits(tapes[(1, 0)], g1, first_tensor(x1).device):
         tape = None
     if tape is not None and symmetric:
-        run(compute, tiles[1 : len(starts1)])
-        run(compute, tiles[len(starts1) :])
+        run_threaded(threads, compute, tiles[1:g1], count)
+        run_threaded(threads, compute, tiles[g1:], count)
     else:
-        run(compute, tiles[1:])
+        run_threaded(threads, compute, tiles[1:], count)
     bar.close()
     return _finish(out, result_holder[0], get, analytic, x2 is None, n1, n2)
-
-
-def _run_all(workers: int, bar: Any, fn: Callable[[Any], None], items: list[Any], count: bool = True) -> None:
-    """``fn`` on every item, in ``workers`` threads of one intra-op thread each (or in turn
-    with all threads for ``workers=1``)."""
-    if workers > 1 and len(items) > 1:
-        # Tiles in parallel, one thread each, rather than many small multi-threaded ops per
-        # tile: the latter stall on every op's thread barrier when cores are shared.
-        torch.set_num_threads(1)
-        try:
-            # (OpenMP's thread count is per thread: each worker sets its own.)
-            with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                for _ in pool.map(fn, items):
-                    if count:
-                        bar.update()
-        finally:
-            torch.set_num_threads(workers)
-    else:
-        for item in items:
-            fn(item)
-            if count:
-                bar.update()
 
 
 def _tape_pays(symmetric: bool, n1: int, n2: int, b: int) -> bool:
@@ -289,17 +234,6 @@ def _tape_fits(first: Any, blocks: int, device: torch.device) -> bool:
 def first_tensor(x: Any) -> torch.Tensor:
     """The first tensor of an input that may be a (nested) list of tensors."""
     return first_tensor(x[0]) if isinstance(x, (list, tuple)) else x
-
-
-def _split_kwargs_self(kwargs: dict[str, Any], rows1: slice, rows2: slice) -> dict[str, Any]:
-    """Per-example pairs for an off-diagonal tile of ``x1`` with itself."""
-    out = {}
-    for key, value in kwargs.items():
-        if isinstance(value, tuple) and len(value) == 2 and value[0] is not None and hasattr(value[0], "shape"):
-            out[key] = (value[0][rows1], value[0][rows2])
-        else:
-            out[key] = value
-    return out
 
 
 def _fields(tile: Any) -> dict[str, torch.Tensor | None]:

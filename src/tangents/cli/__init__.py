@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 #: ``main(argv, prog) -> int`` that parses its arguments before importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "the main job (the default): infinite-width NNGP/NTK vs a trained finite network on digits"),
+    "kernel": ("kernel", "compute a kernel into a resumable store on disk, here or on a Dask cluster; --status STORE"),
 }
 
 

@@ -80,6 +80,11 @@ from ._attention import AttentionMechanism as AttentionMechanism
 from ._attention import GlobalSelfAttention as GlobalSelfAttention
 from ._attention import PositionalEmbedding as PositionalEmbedding
 
+# Networks as JSON data, and named networks
+from ._spec import PRESETS as PRESETS
+from ._spec import from_spec as from_spec
+from ._spec import preset as preset
+
 __all__ = [
     "ABRelu",
     "Abs",
@@ -104,6 +109,7 @@ __all__ = [
     "FanInProd",
     "FanInSum",
     "FanOut",
+    "from_spec",
     "Flatten",
     "Gabor",
     "Gaussian",
@@ -121,6 +127,8 @@ __all__ = [
     "Monomial",
     "parallel",
     "Polynomial",
+    "preset",
+    "PRESETS",
     "PositionalEmbedding",
     "Rbf",
     "RectifiedMonomial",

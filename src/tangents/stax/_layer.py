@@ -287,6 +287,17 @@ class Layer:
         return tiled(kernel_of_inputs, x1, x2, get, tile, True, None, kwargs, analytic=True,
                      parallel=not compiled_maps, tape=COVARIANCE_TAPES if pairs_are_spatial else None)
 
+    def spec(self) -> dict[str, Any]:
+        """This network as JSON data: its layers and every argument (see `tangents.stax.from_spec`).
+
+        Example:
+            >>> stax.serial(stax.Dense(8), stax.Relu()).spec()["layers"][0]["type"]
+            'Dense'
+        """
+        from ._spec import layer_spec  # reads every layer family, which all import this module
+
+        return layer_spec(self)
+
     def to_module(
         self,
         input_shape: ShapeTree,

@@ -1,0 +1,112 @@
+"""Kernel stores computed on a Dask cluster (`compute_kernel(..., client=...)`).
+
+One `LocalCluster` of 2 worker processes (127.0.0.1 only, one thread each) serves the module;
+it is started and closed here, and every wait is bounded. Stores filled by the cluster must be
+bit-identical to stores filled in this process, also when a worker is killed (SIGKILL, by its
+pid) in the middle of the run.
+
+(``dashboard_address="127.0.0.1:0"``: with ``None``, distributed still starts its web server,
+on port 8787 first, and warns when another cluster on this machine holds that port.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from tangents import stax
+from tangents.store import compute_kernel
+
+distributed = pytest.importorskip("distributed")
+
+TIMEOUT = 120  # seconds: cluster start and close, and each computation
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                       dashboard_address="127.0.0.1:0", timeout=TIMEOUT)
+    client = distributed.Client(cluster, timeout=TIMEOUT)
+    try:
+        client.wait_for_workers(2, timeout=TIMEOUT)
+        yield client
+    finally:
+        client.close(timeout=TIMEOUT)
+        cluster.close(timeout=TIMEOUT)
+
+
+def fc() -> stax.Layer:
+    return stax.serial(stax.Dense(64, W_std=1.5, b_std=0.05), stax.Relu(), stax.Dense(1, W_std=1.5, b_std=0.05))
+
+
+def cnn(channels: int = 8) -> stax.Layer:
+    return stax.serial(stax.Conv(channels, (3, 3), padding="SAME", W_std=1.5, b_std=0.05), stax.Relu(),
+                       stax.Conv(channels, (3, 3), padding="SAME", W_std=1.5, b_std=0.05), stax.Relu(),
+                       stax.GlobalAvgPool(), stax.Dense(1, W_std=1.5, b_std=0.05))
+
+
+def same_bytes(a, b) -> bool:
+    return all(a[name][...].tobytes() == b[name][...].tobytes() for name in a.get)
+
+
+def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
+    """FC and CNN, float32 and float64, x2=None and x2 given, a block that divides neither N."""
+    nets = {"fc": (fc(), (6,), 11, 4), "cnn": (cnn(), (3, 5, 5), 7, 3)}
+    writers = set()  # the processes that wrote blocks (each manifest entry names its pid)
+    for name, (net, shape, n, block) in nets.items():
+        for dtype in (torch.float32, torch.float64):
+            g = torch.Generator().manual_seed(5)
+            x1, x2 = torch.randn(n, *shape, generator=g, dtype=dtype), torch.randn(n - 2, *shape, generator=g, dtype=dtype)
+            for second in (None, x2):
+                tag = f"{name}_{dtype}_{second is None}"
+                here = compute_kernel(net, x1, second, path=tmp_path / f"{tag}_here", block_size=block, durable=False,
+                                      progress=False)
+                there = compute_kernel(net, x1, second, path=tmp_path / f"{tag}_dask", block_size=block, client=client,
+                                       timeout=TIMEOUT, durable=False, progress=False)
+                assert there.last_run["computed"] == len(there.plan) == len(here.plan)
+                assert same_bytes(here, there), tag
+                writers |= {json.loads(f.read_text())["pid"] for f in (there.path / "manifest").glob("*.json")}
+    assert writers == set(client.run(os.getpid, wait=True).values())  # both workers, not this process
+
+
+def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
+    """SIGKILL one worker process (by pid) after some blocks: its task runs again elsewhere, the
+    nanny starts a new worker, and the store is bit-identical to an in-process one."""
+    net = cnn(4)
+    x = torch.randn(14, 3, 6, 6, generator=torch.Generator().manual_seed(7))
+    block, total = 2, 7 * 8 // 2  # 28 blocks
+    path = tmp_path / "killed.zarr"
+    pids = client.run(os.getpid, wait=True)
+    assert len(pids) == 2
+    victim = next(iter(pids.values()))
+    killed: dict = {}
+
+    def kill_when_some_blocks_are_done() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            done = len(list((path / "manifest").glob("*.json"))) if (path / "manifest").is_dir() else 0
+            if done >= 4:
+                os.kill(victim, signal.SIGKILL)
+                killed["done"] = done
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_when_some_blocks_are_done)
+    killer.start()
+    try:
+        store = compute_kernel(net, x, path=path, block_size=block, client=client, timeout=TIMEOUT, durable=False,
+                               progress=False)
+    finally:
+        killer.join(timeout=TIMEOUT)
+    assert 4 <= killed["done"] < total, killed  # killed mid-run
+    assert store.last_run["computed"] == total and store.complete
+    client.wait_for_workers(2, timeout=TIMEOUT)  # the nanny restarted the killed worker
+    assert victim not in client.run(os.getpid, wait=True).values()
+    reference = compute_kernel(net, x, path=tmp_path / "reference.zarr", block_size=block, durable=False, progress=False)
+    assert same_bytes(store, reference)
