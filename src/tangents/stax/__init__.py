@@ -10,6 +10,10 @@ from ._layer import StaxModule as StaxModule
 from ._requirements import Bool as Bool
 from ._requirements import Diagonal as Diagonal
 
+# Hyperparameters by name (W_std, b_std, activation parameters), and copies with new values
+from ._hyperparameters import hyperparameters as hyperparameters
+from ._hyperparameters import with_hyperparameters as with_hyperparameters
+
 # Combinators
 from ._combinators import parallel as parallel
 from ._combinators import repeat as repeat
