@@ -171,7 +171,7 @@ class MarginalLikelihood(nn.Module):
             raise ValueError(f"{where}: get must be 'nngp' or 'ntk', got {get!r}.")
         if isinstance(diag_reg, bool) or not isinstance(diag_reg, (int, float)) or not math.isfinite(diag_reg) or diag_reg < 0:
             raise ValueError(f"{where}: diag_reg must be a finite number >= 0, got {diag_reg!r}.")
-        start = {name: float(v) for name, v in hyperparameters(network).items()}
+        start = {name: float(torch.as_tensor(v).detach()) for name, v in hyperparameters(network).items()}
         start["diag_reg"] = float(diag_reg)
         names = list(start) if learn is None else list(learn)
         unknown = [name for name in names if name not in start]
@@ -204,7 +204,7 @@ class MarginalLikelihood(nn.Module):
 
     def network(self) -> Layer:
         """The network with the current hyperparameters, as plain numbers (detached)."""
-        values = {n: float(v) for n, v in self.values().items() if n != "diag_reg"}
+        values = {n: float(torch.as_tensor(v).detach()) for n, v in self.values().items() if n != "diag_reg"}
         return with_hyperparameters(self.base, values)
 
     def forward(self) -> torch.Tensor:
