@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 #: ``main(argv, prog) -> int`` that parses its arguments before importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "the main job (the default): infinite-width NNGP/NTK vs a trained finite network on digits"),
+    "fit": ("fit", "fit an infinitely wide network to your CSV/.npy/.npz data and predict a test file"),
 }
 
 
