@@ -32,11 +32,16 @@ _WHERE: dict[str, str] = {
     "taylor_expand": ".linearize",
     # Kernels estimated by sampling finite networks
     "monte_carlo_kernel_fn": ".monte_carlo",
+    # scikit-learn estimators and GP kernel (optional dependency: tangents[sklearn])
+    "sklearn": ".sklearn",
 }
 
-__all__ = ["__version__", *_WHERE]
+#: Modules that need an optional dependency: reachable as attributes, left out of ``import *``.
+_OPTIONAL = {"sklearn"}
 
-_MODULES = {"stax", "predict", "empirical"}
+__all__ = ["__version__", *(name for name in _WHERE if name not in _OPTIONAL)]
+
+_MODULES = {"stax", "predict", "empirical", "sklearn"}
 
 
 def __getattr__(name: str) -> Any:
@@ -56,6 +61,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from . import empirical as empirical
     from . import predict as predict
+    from . import sklearn as sklearn
     from . import stax as stax
     from ._kernel import Kernel as Kernel
     from .blocks import batch as batch
