@@ -19,6 +19,8 @@ except ImportError as error:  # pragma: no cover - the test extra installs it
 from .. import stax
 from ..stax import Layer
 
+__all__ = ["ACTIVATIONS", "as_inputs", "check_device", "check_input_shape", "check_kernel_shape"]
+
 #: ``activation=`` names of the estimators' simple architecture -> the stax layer.
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {
     "relu": stax.Relu,

@@ -78,7 +78,8 @@ class _TrainKernels:
 
     def train(self, name: str) -> torch.Tensor:
         if name not in self.kernels:
-            out = self.network.kernel_fn(self.x_train, None, self.names)
+            with torch.no_grad():  # estimators never differentiate (tensor hyperparameters are fine)
+                out = self.network.kernel_fn(self.x_train, None, self.names)
             n = self.x_train.shape[0]
             for g in self.names:
                 check_kernel_shape("the network", getattr(out, g), n, n)
@@ -91,7 +92,8 @@ class _TrainKernels:
                 return self.train(get)
             names = tuple(get)
             return collections.namedtuple("AnalyticKernel", names)(*(self.train(g) for g in names))
-        return self.network.kernel_fn(x1, x2, get, **kwargs)
+        with torch.no_grad():
+            return self.network.kernel_fn(x1, x2, get, **kwargs)
 
 
 class _InfiniteWidthEstimator(BaseEstimator):

@@ -170,7 +170,8 @@ class InfiniteWidthKernel(Kernel):
         y = None if Y is None else self._inputs(Y)
         n2 = x.shape[0] if y is None else y.shape[0]
         if not eval_gradient:
-            k = self.network.kernel_fn(x, y, self.get)
+            with torch.no_grad():
+                k = self.network.kernel_fn(x, y, self.get)
             check_kernel_shape("InfiniteWidthKernel", k, x.shape[0], n2)
             return k.cpu().numpy()
         return self._with_gradient(x)
@@ -181,7 +182,8 @@ class InfiniteWidthKernel(Kernel):
         values = self._values()
         n = x.shape[0]
         if not names:
-            k = self.network.kernel_fn(x, None, self.get)
+            with torch.no_grad():
+                k = self.network.kernel_fn(x, None, self.get)
             check_kernel_shape("InfiniteWidthKernel", k, n, n)
             return k.cpu().numpy(), np.empty((n, n, 0))
         log_values = torch.tensor([math.log(values[name]) for name in names], dtype=torch.float64, device=x.device)
@@ -207,7 +209,8 @@ class InfiniteWidthKernel(Kernel):
         out = []
         for start in range(0, x.shape[0], _DIAGONAL_BLOCK):
             block = x[start : start + _DIAGONAL_BLOCK]
-            k = self.network.kernel_fn(block, None, self.get)
+            with torch.no_grad():
+                k = self.network.kernel_fn(block, None, self.get)
             check_kernel_shape("InfiniteWidthKernel", k, block.shape[0], block.shape[0])
             out.append(torch.diagonal(k).cpu().numpy())
         return np.concatenate(out) if out else np.empty(0)

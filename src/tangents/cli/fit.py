@@ -31,7 +31,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -209,7 +209,7 @@ def _labels_like(values: np.ndarray, train_y: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- output
 
 
-def _write_atomically(path: str, write: Any) -> None:
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
     """``write(file_path)`` into a temporary file next to ``path``, then renamed to it."""
     folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
