@@ -26,8 +26,8 @@ from sklearn.utils.validation import check_is_fitted
 from .. import stax
 from ..predict import gradient_descent_mse_ensemble
 from ..stax import Layer
-from ._spectral import CALIBRATION_POINTS, evidence_diag_reg, fit_temperature, loo_outputs
 from ._common import ACTIVATIONS, as_inputs, check_device, check_input_shape, check_kernel_shape
+from ._spectral import CALIBRATION_POINTS, evidence_diag_reg, fit_temperature, loo_outputs
 
 try:
     from sklearn.utils.validation import validate_data
