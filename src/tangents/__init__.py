@@ -36,11 +36,16 @@ _WHERE: dict[str, str] = {
     "store": ".store",
     "KernelStore": ".store",
     "compute_kernel": ".store",
+    # scikit-learn estimators and GP kernel (optional dependency: tangents[sklearn])
+    "sklearn": ".sklearn",
 }
 
-__all__ = ["__version__", *_WHERE]
+#: Modules that need an optional dependency: reachable as attributes, left out of ``import *``.
+_OPTIONAL = {"sklearn"}
 
-_MODULES = {"stax", "predict", "empirical", "store"}
+__all__ = ["__version__", *(name for name in _WHERE if name not in _OPTIONAL)]
+
+_MODULES = {"stax", "predict", "empirical", "store", "sklearn"}
 
 
 def __getattr__(name: str) -> Any:
@@ -54,12 +59,13 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(["__version__", *_WHERE])  # optional modules too: public, only not in import *
 
 
 if TYPE_CHECKING:
     from . import empirical as empirical
     from . import predict as predict
+    from . import sklearn as sklearn
     from . import stax as stax
     from . import store as store
     from ._kernel import Kernel as Kernel

@@ -5,7 +5,9 @@
   wide networks trained on MSE, from a ``kernel_fn``;
 * `gp_inference`: NNGP / NTK / NTKGP posteriors;
 * `gradient_descent`: gradient [momentum] flow for any differentiable loss (ODE solve);
-* `max_learning_rate`: the largest learning rate for which gradient descent on MSE converges.
+* `max_learning_rate`: the largest learning rate for which gradient descent on MSE converges;
+* `log_marginal_likelihood`, `MarginalLikelihood`: the evidence of a kernel, and a network's
+  hyperparameters learned by maximising it with any ``torch.optim`` optimizer.
 
 Times are in units of ``learning_rate`` and the dynamics are normalized by ``y_train.size``
 (the loss is ``0.5 * mean((f - y)**2)`` over all entries), as in neural-tangents.
@@ -14,6 +16,8 @@ Times are in units of ``learning_rate`` and the dynamics are normalized by ``y_t
 from ._predict._common import Gaussian as Gaussian
 from ._predict._ensemble import gradient_descent_mse_ensemble as gradient_descent_mse_ensemble
 from ._predict._gp import gp_inference as gp_inference
+from ._predict._likelihood import MarginalLikelihood as MarginalLikelihood
+from ._predict._likelihood import log_marginal_likelihood as log_marginal_likelihood
 from ._predict._mse import PredictFn as PredictFn
 from ._predict._mse import gradient_descent_mse as gradient_descent_mse
 from ._predict._mse import max_learning_rate as max_learning_rate
@@ -23,6 +27,7 @@ from ._predict._ode import gradient_descent as gradient_descent
 
 __all__ = [
     "Gaussian",
+    "MarginalLikelihood",
     "ODEState",
     "PredictFn",
     "PredictFnODE",
@@ -30,5 +35,6 @@ __all__ = [
     "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",
+    "log_marginal_likelihood",
     "max_learning_rate",
 ]

@@ -8,6 +8,10 @@ Every layer is a `Layer`: unpack it as ``init_fn, apply_fn, kernel_fn``, call
 from ._layer import Layer as Layer
 from ._layer import StaxModule as StaxModule
 
+# Hyperparameters by name (W_std, b_std, activation parameters), and copies with new values
+from ._hyperparameters import hyperparameters as hyperparameters
+from ._hyperparameters import with_hyperparameters as with_hyperparameters
+
 # Combinators
 from ._combinators import parallel as parallel
 from ._combinators import repeat as repeat
@@ -118,6 +122,7 @@ __all__ = [
     "GlobalSelfAttention",
     "GlobalSumPool",
     "Hermite",
+    "hyperparameters",
     "Identity",
     "ImageResize",
     "Index",
@@ -145,4 +150,5 @@ __all__ = [
     "StaxModule",
     "SumPool",
     "Tanh",
+    "with_hyperparameters",
 ]

@@ -36,8 +36,11 @@ class ABRelu(Activation):
             networks); the result is the same, since T is homogeneous of degree one.
     """
 
+    hyperparameter_names = ("a", "b")
+
     def __init__(self, a: float, b: float, do_stabilize: bool = False) -> None:
-        self.a, self.b = check_number("ABRelu", "a", a), check_number("ABRelu", "b", b)
+        self.a = check_number("ABRelu", "a", a, allow_tensor=True)
+        self.b = check_number("ABRelu", "b", b, allow_tensor=True)
         self.do_stabilize = bool(do_stabilize)
 
     def __repr__(self) -> str:
@@ -48,7 +51,7 @@ class ABRelu(Activation):
 
     def expectations(self, cov12, var1, var2, need_derivative):  # noqa: ANN001, ANN201
         prod = var1 * var2
-        if differentiable(cov12, var1, var2):
+        if differentiable(cov12, var1, var2, self.a, self.b):
             root = safe_sqrt(prod - cov12**2)
             angle = safe_arctan2(root, cov12, fill_zero=math.pi / 2)
         elif not torch.compiler.is_compiling() and prod.shape == cov12.shape:
@@ -101,17 +104,17 @@ class ABRelu(Activation):
 
 def Relu(do_stabilize: bool = False) -> ABRelu:
     """``max(x, 0)``; see `ABRelu`."""
-    return _named(ABRelu(0.0, 1.0, do_stabilize), "Relu")
+    return _named(ABRelu(0.0, 1.0, do_stabilize), "Relu", ())
 
 
 def LeakyRelu(alpha: float, do_stabilize: bool = False) -> ABRelu:
-    """``alpha * min(x, 0) + max(x, 0)``; see `ABRelu`."""
-    return _named(ABRelu(alpha, 1.0, do_stabilize), f"LeakyRelu({alpha})")
+    """``alpha * min(x, 0) + max(x, 0)``; see `ABRelu` (``alpha`` is its hyperparameter ``a``)."""
+    return _named(ABRelu(alpha, 1.0, do_stabilize), f"LeakyRelu({alpha})", ("a",))
 
 
 def Abs(do_stabilize: bool = False) -> ABRelu:
     """``|x|``; see `ABRelu`."""
-    return _named(ABRelu(-1.0, 1.0, do_stabilize), "Abs")
+    return _named(ABRelu(-1.0, 1.0, do_stabilize), "Abs", ())
 
 
 class Erf(Activation):
@@ -129,9 +132,12 @@ class Erf(Activation):
     """
 
     remask = True  # NT: supports_masking(remask_kernel=True)
+    hyperparameter_names = ("a", "b", "c")
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = (check_number(type(self).__name__, n, v) for n, v in (("a", a), ("b", b), ("c", c)))
+        self.a, self.b, self.c = (
+            check_number(type(self).__name__, n, v, allow_tensor=True) for n, v in (("a", a), ("b", b), ("c", c))
+        )
 
     def __repr__(self) -> str:
         return f"Erf(a={self.a}, b={self.b}, c={self.c})"
@@ -156,12 +162,15 @@ class Erf(Activation):
 
 def Sigmoid_like() -> Erf:
     """``0.5 erf(x / 2.4020563531719796) + 0.5``, an Erf fitted to the logistic sigmoid."""
-    return _named(Erf(a=0.5, b=1 / 2.4020563531719796, c=0.5), "Sigmoid_like")
+    return _named(Erf(a=0.5, b=1 / 2.4020563531719796, c=0.5), "Sigmoid_like", ())
 
 
-def _named(layer, name: str):  # noqa: ANN001, ANN202
-    """Gives a constructor-made layer the name users wrote (for reprs and errors)."""
+def _named(layer, name: str, hyperparameter_names: tuple[str, ...] | None = None):  # noqa: ANN001, ANN202
+    """Gives a constructor-made layer the name users wrote (for reprs and errors) and, when
+    given, the hyperparameters that name has (``Relu`` has none of ``ABRelu``'s)."""
     layer.display_name = name
+    if hyperparameter_names is not None:
+        layer.hyperparameter_names = hyperparameter_names
     return layer
 
 
@@ -270,9 +279,12 @@ class Sin(Activation):
     """
 
     remask = True  # NT: supports_masking(remask_kernel=True)
+    hyperparameter_names = ("a", "b", "c")
 
     def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
-        self.a, self.b, self.c = (check_number(type(self).__name__, n, v) for n, v in (("a", a), ("b", b), ("c", c)))
+        self.a, self.b, self.c = (
+            check_number(type(self).__name__, n, v, allow_tensor=True) for n, v in (("a", a), ("b", b), ("c", c))
+        )
 
     def __repr__(self) -> str:
         return getattr(self, "display_name", f"Sin(a={self.a}, b={self.b}, c={self.c})")
@@ -285,18 +297,23 @@ class Sin(Activation):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b2, half_s = self.b**2, (var1 + var2) / 2
         plus = torch.exp(b2 * (cov12 - half_s))
-        minus = torch.exp(-b2 * (cov12 + half_s)) * math.cos(2 * self.c)
+        minus = torch.exp(-b2 * (cov12 + half_s)) * _cos(2 * self.c)
         t = self.a**2 / 2 * (plus - minus)
         tdot = self.a**2 * b2 / 2 * (plus + minus) if need_derivative else None
         return t, tdot
 
     def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
-        return self.a**2 / 2 * (1 - torch.exp(-2 * self.b**2 * var) * math.cos(2 * self.c))
+        return self.a**2 / 2 * (1 - torch.exp(-2 * self.b**2 * var) * _cos(2 * self.c))
+
+
+def _cos(x: float | torch.Tensor) -> float | torch.Tensor:
+    """cos of a number or of a 0-d tensor hyperparameter (keeping its derivative)."""
+    return torch.cos(x) if isinstance(x, torch.Tensor) else math.cos(x)
 
 
 def Cos(a: float = 1.0, b: float = 1.0, c: float = 0.0) -> Sin:
     """``a cos(b x + c) = a sin(b x + c + π/2)``; see `Sin`."""
-    return _named(Sin(a=a, b=b, c=c + math.pi / 2), f"Cos(a={float(a)}, b={float(b)}, c={float(c)})")
+    return _named(Sin(a=a, b=b, c=c + math.pi / 2), f"Cos(a={float(a)}, b={float(b)}, c={float(c)})", ("a", "b"))
 
 
 class Rbf(Activation):
@@ -314,15 +331,16 @@ class Rbf(Activation):
     """
 
     remask = True  # NT: supports_masking(remask_kernel=True)
+    hyperparameter_names = ("gamma",)
 
     def __init__(self, gamma: float = 1.0) -> None:
-        self.gamma = check_number("Rbf", "gamma", gamma, minimum=0.0)
+        self.gamma = check_number("Rbf", "gamma", gamma, minimum=0.0, allow_tensor=True)
 
     def __repr__(self) -> str:
         return f"Rbf(gamma={self.gamma})"
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
-        return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * x + math.pi / 4)
+        return math.sqrt(2) * torch.sin((2 * self.gamma) ** 0.5 * x + math.pi / 4)
 
     def expectations(
         self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
@@ -348,9 +366,11 @@ class Exp(Activation):
     """
 
     remask = True  # NT: supports_masking(remask_kernel=True)
+    hyperparameter_names = ("a", "b")
 
     def __init__(self, a: float = 1, b: float = 1) -> None:
-        self.a, self.b = check_number(type(self).__name__, "a", a), check_number(type(self).__name__, "b", b)
+        self.a = check_number(type(self).__name__, "a", a, allow_tensor=True)
+        self.b = check_number(type(self).__name__, "b", b, allow_tensor=True)
 
     def __repr__(self) -> str:
         return f"Exp(a={self.a}, b={self.b})"
@@ -382,9 +402,11 @@ class Gaussian(Activation):
     """
 
     remask = True  # NT: supports_masking(remask_kernel=True)
+    hyperparameter_names = ("a", "b")
 
     def __init__(self, a: float = 1, b: float = -1) -> None:
-        self.a, self.b = check_number(type(self).__name__, "a", a), check_number(type(self).__name__, "b", b)
+        self.a = check_number(type(self).__name__, "a", a, allow_tensor=True)
+        self.b = check_number(type(self).__name__, "b", b, allow_tensor=True)
 
     def __repr__(self) -> str:
         return f"Gaussian(a={self.a}, b={self.b})"

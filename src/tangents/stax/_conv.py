@@ -178,6 +178,7 @@ class _Conv(Layer):
     """Shared implementation of `Conv`, `ConvTranspose` and `ConvLocal`."""
 
     param_names = ("W", "b")
+    hyperparameter_names = ("W_std", "b_std")
     remask = True
     transpose = False
     shared_weights = True
@@ -188,8 +189,8 @@ class _Conv(Layer):
         filter_shape: tuple[int, ...],
         strides: tuple[int, ...] | None = None,
         padding: str = "VALID",
-        W_std: float = 1.0,
-        b_std: float | None = None,
+        W_std: float | torch.Tensor = 1.0,
+        b_std: float | torch.Tensor | None = None,
         dimension_numbers: tuple[str, str, str] | None = None,
         parameterization: str = "ntk",
         s: tuple[int, int] = (1, 1),
@@ -202,8 +203,8 @@ class _Conv(Layer):
         n = len(self.filter_shape)
         self.strides = (1,) * n if strides is None else check_ints(name, "strides", strides, n)
         self.padding = check_padding(name, padding)
-        self.W_std = check_std(name, "W_std", W_std, allow_none=False)
-        self.b_std = check_std(name, "b_std", b_std, allow_none=True)
+        self.W_std = check_std(name, "W_std", W_std, allow_none=False, allow_tensor=True)
+        self.b_std = check_std(name, "b_std", b_std, allow_none=True, allow_tensor=True)
         self.dimension_numbers = check_dimension_numbers(name, dimension_numbers, n)
         self.parameterization = check_parameterization(name, parameterization)
         if (
@@ -486,8 +487,9 @@ class Conv(_Conv):
         strides: stride per spatial axis (default 1).
         padding: ``'VALID'``, ``'SAME'`` (lax's convention: the extra pad of an even filter
             goes at the end) or ``'CIRCULAR'`` (periodic).
-        W_std: weight standard deviation.
-        b_std: bias standard deviation; ``None`` for no bias.
+        W_std: weight standard deviation (a number, or a 0-d tensor to differentiate the
+            kernel in it).
+        b_std: bias standard deviation (likewise); ``None`` for no bias.
         dimension_numbers: ``(lhs, rhs, out)`` layout strings as in ``lax.conv_general_dilated``;
             ``None`` means channels-first ``('NCHW', 'OIHW', 'NCHW')`` (weights shaped like
             ``torch.nn.Conv2d.weight``). NT's channels-last ``('NHWC', 'HWIO', 'NHWC')`` works too.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Union
 
 import torch
 
@@ -13,8 +13,11 @@ from ._checks import check_parameterization, check_std
 from ._layer import Layer, Params, ShapeTree
 from ._requirements import Diagonal, Requirements
 
+#: A standard deviation: a number, or a 0-d tensor the kernel is differentiable in.
+Std = Union[float, torch.Tensor]
 
-def affine(cov: torch.Tensor | None, W_std: float, b_std: float | None) -> torch.Tensor | None:
+
+def affine(cov: torch.Tensor | None, W_std: Std, b_std: Std | None) -> torch.Tensor | None:
     """σ_W² Σ + σ_b²: the covariance after a random affine map (``None`` passes through)."""
     if cov is None:
         return None
@@ -23,7 +26,7 @@ def affine(cov: torch.Tensor | None, W_std: float, b_std: float | None) -> torch
 
 
 def affine_kernel(
-    k: Kernel, W_std: float, b_std: float | None, parameterization: str, fan_in: float, *, in_place: bool = False
+    k: Kernel, W_std: Std, b_std: Std | None, parameterization: str, fan_in: float, *, in_place: bool = False
 ) -> Kernel:
     r"""The kernel after a random affine layer with ``fan_in`` inputs per output.
 
@@ -36,7 +39,7 @@ def affine_kernel(
     window sums): they are scaled in place, two passes and no allocation each, when nothing
     is differentiated or compiled.
     """
-    if in_place and _updatable_in_place(k):
+    if in_place and _updatable_in_place(k) and not differentiable(W_std, b_std):
         return _affine_kernel_in_place(k, W_std, b_std, parameterization, fan_in)
     ntk = k.ntk
     if parameterization == "ntk":
@@ -66,7 +69,7 @@ def _updatable_in_place(k: Kernel) -> bool:
 
 
 def _affine_kernel_in_place(
-    k: Kernel, W_std: float, b_std: float | None, parameterization: str, fan_in: float
+    k: Kernel, W_std: Std, b_std: Std | None, parameterization: str, fan_in: float
 ) -> Kernel:
     """`affine_kernel` updating ``k``'s (caller-owned) covariances in place."""
     w2 = W_std**2
@@ -105,8 +108,9 @@ class Dense(Layer):
 
     Args:
         out_dim: output width (ignored by the kernel in NTK parameterization).
-        W_std: weight standard deviation.
-        b_std: bias standard deviation; ``None`` for no bias.
+        W_std: weight standard deviation (a number, or a 0-d tensor to differentiate the
+            kernel in it).
+        b_std: bias standard deviation (likewise); ``None`` for no bias.
         batch_axis: the batch axis of the inputs.
         channel_axis: the feature axis of the inputs.
         parameterization: ``"ntk"`` or ``"standard"``.
@@ -117,13 +121,14 @@ class Dense(Layer):
     """
 
     param_names = ("W", "b")
+    hyperparameter_names = ("W_std", "b_std")
     remask = True
 
     def __init__(
         self,
         out_dim: int,
-        W_std: float = 1.0,
-        b_std: float | None = None,
+        W_std: Std = 1.0,
+        b_std: Std | None = None,
         batch_axis: int = 0,
         channel_axis: int = -1,
         parameterization: str = "ntk",
@@ -132,8 +137,8 @@ class Dense(Layer):
         if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
             raise ValueError(f"Dense: out_dim must be a positive integer, got {out_dim!r}.")
         self.out_dim = out_dim
-        self.W_std = check_std("Dense", "W_std", W_std, allow_none=False)
-        self.b_std = check_std("Dense", "b_std", b_std, allow_none=True)
+        self.W_std = check_std("Dense", "W_std", W_std, allow_none=False, allow_tensor=True)
+        self.b_std = check_std("Dense", "b_std", b_std, allow_none=True, allow_tensor=True)
         self.batch_axis = batch_axis
         self.channel_axis = channel_axis
         self.parameterization = check_parameterization("Dense", parameterization)

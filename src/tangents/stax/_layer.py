@@ -26,7 +26,9 @@ from .._kernel import Get, Kernel
 from .._kernel import check_get as _check_get
 from .._kernel import select as _select
 from ..blocks import available_memory, first_tensor, tiled
+from .._numerics import differentiable
 from ._compiled import can_compile, compiled_elementwise, entries_per_pair, tile_program, worth_compiling
+from ._hyperparameters import differentiated_hyperparameters
 from ._inputs import as_input_tensors, inputs_to_kernel
 from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
 from ._requirements import Requirements
@@ -52,6 +54,9 @@ class Layer:
 
     #: Names of the tensors in this layer's parameter tuple, e.g. ``("W", "b")``.
     param_names: tuple[str, ...] = ()
+    #: Attributes holding numbers the kernel may be differentiated in (given as 0-d tensors),
+    #: e.g. ``("W_std", "b_std")``; see `tangents.stax._hyperparameters`.
+    hyperparameter_names: tuple[str, ...] = ()
     #: Layers this one is composed of (combinators only).
     children: tuple[Layer, ...] = ()
     #: Zero the covariances of masked entries after `propagate` (NT's ``remask_kernel``).
@@ -245,6 +250,11 @@ class Layer:
         x1, x2 = _tree_pad(x1, mask1, mask_constant), _tree_pad(x2, mask2, mask_constant)
         batch, spatial, batch_axis, channel_axis = self.requirements.resolve(diagonal_batch, diagonal_spatial)
         compute_ntk = names is None or "ntk" in names
+        # derivatives (in the inputs or in tensor hyperparameters) need eager tiles in this thread
+        differentiating = differentiable(first_tensor(x1), None if x2 is None else first_tensor(x2))
+        differentiating = differentiating or differentiated_hyperparameters(self)
+        if differentiating:
+            compile = False
 
         pairs_are_spatial = entries_per_pair(first_tensor(x1), batch_axis, channel_axis, spatial) > 1
         # spatial kernels "compiled": eager layers, compiled nonlinearity maps (see `_compiled`)
@@ -285,7 +295,8 @@ class Layer:
         # compiled maps: tiles in turn (dynamo guards on the thread count and must not compile
         # in one thread while another runs eagerly: `torch.compiler.is_compiling` is global)
         return tiled(kernel_of_inputs, x1, x2, get, tile, True, None, kwargs, analytic=True,
-                     parallel=not compiled_maps, tape=COVARIANCE_TAPES if pairs_are_spatial else None)
+                     parallel=not (compiled_maps or differentiating),
+                     tape=COVARIANCE_TAPES if pairs_are_spatial else None)
 
     def spec(self) -> dict[str, Any]:
         """This network as JSON data: its layers and every argument (see `tangents.stax.from_spec`).

@@ -1,0 +1,1 @@
+"""The scikit-learn face of tangents (see `tangents.sklearn`, the table of contents)."""
