@@ -103,17 +103,54 @@ class ABRelu(Activation):
 
 
 def Relu(do_stabilize: bool = False) -> ABRelu:
-    """``max(x, 0)``; see `ABRelu`."""
+    r"""Rectified linear unit, ``φ(x) = max(x, 0)`` (NT's ``stax.Relu``).
+
+    The arc-cosine kernel of degree 1 (Cho & Saul 2009): for pre-activation covariances
+    v₁ = Σ(x₁, x₁), v₂ = Σ(x₂, x₂), c = Σ(x₁, x₂) and the angle θ = arccos(c / √(v₁v₂)),
+
+        T = E[φ(u₁) φ(u₂)] = (√(v₁v₂ − c²) + (π − θ) c) / (2π),
+        Ṫ = E[φ'(u₁) φ'(u₂)] = (π − θ) / (2π),
+
+    so Σ ← T and Θ ← Ṫ Θ + T. On the diagonal (x₁ = x₂) T = v/2 and Ṫ = 1/2. Elementwise on
+    every covariance entry: the kernel keeps its shape ((N1, N2) for dense inputs;
+    (N1, N2, H, H', W, W') or its spatial diagonal for images).
+
+    Args:
+        do_stabilize: rescale the covariances to O(1) before the arc-cosine and back after
+            (for very large or very small inputs; NT's argument).
+
+    Returns:
+        The layer, ``ABRelu(a=0, b=1)``.
+    """
     return _named(ABRelu(0.0, 1.0, do_stabilize), "Relu", ())
 
 
 def LeakyRelu(alpha: float, do_stabilize: bool = False) -> ABRelu:
-    """``alpha * min(x, 0) + max(x, 0)``; see `ABRelu` (``alpha`` is its hyperparameter ``a``)."""
+    r"""Leaky ReLU, ``φ(x) = alpha · min(x, 0) + max(x, 0)`` (``ABRelu(alpha, 1)``).
+
+    With θ = arccos(c / √(v₁v₂)) as in `Relu`:
+
+        T = (1 − alpha)²/(2π) · √(v₁v₂ − c²) + ((1 + alpha²)/2 − (1 − alpha)²/(2π) · θ) · c,
+        Ṫ = (1 + alpha²)/2 − (1 − alpha)²/(2π) · θ.
+
+    Args:
+        alpha: slope for negative inputs (a float, or a 0-d tensor: then it is the layer's
+            hyperparameter ``a`` and kernels are differentiable in it).
+        do_stabilize: see `Relu`.
+    """
     return _named(ABRelu(alpha, 1.0, do_stabilize), f"LeakyRelu({alpha})", ("a",))
 
 
 def Abs(do_stabilize: bool = False) -> ABRelu:
-    """``|x|``; see `ABRelu`."""
+    r"""Absolute value, ``φ(x) = |x|`` (``ABRelu(-1, 1)``).
+
+    With θ = arccos(c / √(v₁v₂)) as in `Relu`:
+
+        T = (2/π) √(v₁v₂ − c²) + (1 − 2θ/π) c,        Ṫ = 1 − 2θ/π.
+
+    Args:
+        do_stabilize: see `Relu`.
+    """
     return _named(ABRelu(-1.0, 1.0, do_stabilize), "Abs", ())
 
 
