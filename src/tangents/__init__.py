@@ -32,11 +32,14 @@ _WHERE: dict[str, str] = {
     "taylor_expand": ".linearize",
     # Kernels estimated by sampling finite networks
     "monte_carlo_kernel_fn": ".monte_carlo",
+    # The theory's claims on finite networks, and figures
+    "evidence": ".evidence",
+    "plot": ".plot",
 }
 
 __all__ = ["__version__", *_WHERE]
 
-_MODULES = {"stax", "predict", "empirical"}
+_MODULES = {"stax", "predict", "empirical", "evidence", "plot"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +58,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import empirical as empirical
+    from . import evidence as evidence
+    from . import plot as plot
     from . import predict as predict
     from . import stax as stax
     from ._kernel import Kernel as Kernel

@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 #: ``main(argv, prog) -> int`` that parses its arguments before importing torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "the main job (the default): infinite-width NNGP/NTK vs a trained finite network on digits"),
+    "evidence": ("evidence", "figures and numbers reproducing Jacot et al. and Lee et al. with finite networks"),
 }
 
 
