@@ -59,6 +59,10 @@ def jacrev_ntk(model: torch.nn.Module, z1: torch.Tensor, z2: torch.Tensor) -> np
     return (jacobian(z1) @ jacobian(z2).T).numpy()
 
 
+def geometric_mean(a: np.ndarray) -> np.ndarray:
+    return np.exp(np.log(a).mean(axis=-1))
+
+
 def circle(gamma: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(gamma), np.sin(gamma)], axis=1)
 
@@ -178,6 +182,29 @@ def test_markdown_report_names_the_configuration_and_every_claim(exact: Evidence
         assert needle in text, needle
 
 
+def test_standard_parameterization_gets_a_kernel_and_a_learning_rate_per_width() -> None:
+    """In the standard parameterization Θ grows with the width (n·𝒦 terms): each width is
+    compared with its own analytic kernel and trained at its own rate N/(2λ_max), and Figure 1
+    draws one analytic curve per width."""
+    pytest.importorskip("matplotlib")
+
+    def network(width: int) -> stax.Layer:
+        return stax.serial(stax.Dense(width, W_std=1.5, b_std=0.1, parameterization="standard"), stax.Erf(),
+                           stax.Dense(1, W_std=1.5, b_std=0.1, parameterization="standard"))
+
+    r = evidence.run(network, widths=(16, 64, 256), circle_widths=(16, 256), seeds=range(3), n_train=6, steps=5, progress=False)
+    # Θ = n·𝒦' + (terms without n): affine in the width, so Θ₂₅₆ − Θ₆₄ = 4 (Θ₆₄ − Θ₁₆) to rounding.
+    np.testing.assert_allclose(r.ntk_circle[256] - r.ntk_circle[64], 4 * (r.ntk_circle[64] - r.ntk_circle[16]), rtol=1e-9, atol=1e-12)
+    assert r.lr[16] > r.lr[64] > r.lr[256]  # N / (2 λ_max) falls as Θ grows
+    assert np.all(np.diff(geometric_mean(r.ntk_error)) < 0)  # each width converges to its own Θ
+    figures = r.figures(dpi=40)
+    assert list(figures) == ["jacot_fig1_ntk_on_circle", "jacot_fig2_dynamics", "convergence_and_lazy_training",
+                             "lee_linearization", "spectrum"]
+    labels = [t.get_text() for t in figures["jacot_fig1_ntk_on_circle"].axes[0].get_legend().get_texts()]
+    assert labels == ["width 16", "width 256", "analytic, width 16", "analytic, width 256"]
+    assert len(figures["jacot_fig2_dynamics"].axes) == 2 * 3  # circle widths × snapshot steps
+
+
 # ---------------------------------------------------------------------- the claims
 
 CLAIMS = dict(widths=(128, 512, 2048, 8192), circle_widths=(512, 8192), seeds=range(6), data_seed=0, n_train=12, steps=60, progress=False)
@@ -186,10 +213,6 @@ CLAIMS = dict(widths=(128, 512, 2048, 8192), circle_widths=(512, 8192), seeds=ra
 @pytest.fixture(scope="module")
 def claims() -> EvidenceReport:
     return evidence.run(**CLAIMS)
-
-
-def geometric_mean(a: np.ndarray) -> np.ndarray:
-    return np.exp(np.log(a).mean(axis=-1))
 
 
 def test_ntk_converges_at_the_rate_one_over_sqrt_width(claims: EvidenceReport) -> None:

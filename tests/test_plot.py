@@ -126,6 +126,8 @@ def test_convergence_draws_points_means_fit_and_guide() -> None:
     means = ax.lines[2]
     np.testing.assert_allclose(means.get_ydata(), np.sqrt(values[:, 0] * values[:, 1]), rtol=1e-12)  # geometric
     assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "100", "1000"]
+    second = plot.convergence(widths, values / 2, ax=ax, label="other", reference_slope=None)
+    assert second is ax and ax.get_lines()[-1].get_color() == plot.COLORS[1]  # the next series' colour
     with pytest.raises(ValueError, match=r"convergence: values must have one row per width \(3\)"):
         plot.convergence(widths, values[:2])
 

@@ -476,8 +476,9 @@ def convergence(
     if v.shape[0] != w.shape[0]:
         raise ValueError(f"{caller}: values must have one row per width ({w.shape[0]}), got shape {v.shape}.")
     ax = new_axes() if ax is None else ax
-    if color is None:
-        color = COLORS[len(ax.lines) // 2 % len(COLORS)] if label else COLORS[0]
+    if color is None:  # the next colour after the series already on these Axes
+        series = [line for line in ax.get_lines() if not line.get_label().startswith(("_", "∝"))]
+        color = COLORS[len(series) % len(COLORS)]
     v2 = v.reshape(len(w), -1)
     mean = np.exp(np.log(np.where(v2 > 0, v2, np.nan)).mean(axis=1))
     ax.loglog(np.repeat(w, v2.shape[1]), v2.reshape(-1), "o", color=color, alpha=0.25, ms=3.5)

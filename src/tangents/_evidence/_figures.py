@@ -42,14 +42,23 @@ def _pi(values: np.ndarray) -> np.ndarray:
 
 def _fig1(r: EvidenceReport, dpi: int) -> Any:
     figure, axes = plot.figure_grid(1, 2, (11.0, 4.0))
-    analytic = r.ntk_circle[max(r.circle_widths)]
+    widest = r.ntk_circle[max(r.circle_widths)]
+    # One analytic curve in the NTK parameterization; one per width where Θ depends on it
+    # (the standard parameterization), each dashed in its width's colour.
+    shared = all(np.allclose(r.ntk_circle[w], widest, rtol=1e-10, atol=0) for w in r.circle_widths)
     for ax, curves, when in (
         (axes[0, 0], r.ntk_circle_init, "at initialisation"),
         (axes[0, 1], r.ntk_circle_trained, f"after {r.steps} steps of gradient descent"),
     ):
         plot.kernel_vs_angle(
-            r.gamma, analytic, {f"width {w}": curves[w] for w in r.circle_widths}, ax=ax, title=f"Θ(x₀, x(γ)) {when}"
+            r.gamma, widest if shared else None, {f"width {w}": curves[w] for w in r.circle_widths}, ax=ax,
+            title=f"Θ(x₀, x(γ)) {when}",
         )
+        if not shared:
+            for i, w in enumerate(r.circle_widths):
+                ax.plot(_pi(r.gamma), r.ntk_circle[w], "--", color=plot.COLORS[i % len(plot.COLORS)], lw=1.8,
+                        label=f"analytic, width {w}")
+            ax.legend(fontsize="small")
     figure.suptitle(f"NTK on the unit circle, {len(r.seeds)} networks per width")
     figure.set_dpi(dpi)
     return figure
