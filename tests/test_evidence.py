@@ -67,6 +67,18 @@ def circle(gamma: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(gamma), np.sin(gamma)], axis=1)
 
 
+def test_importing_evidence_keeps_tangents_linearize_the_function() -> None:
+    """The lazy table of contents binds ``tangents.linearize`` on first use; a plain import of
+    the submodule ``tangents.linearize`` would bind the module there instead (what broke
+    ``from tangents import linearize`` in later test files). A fresh process checks it."""
+    import subprocess
+    import sys
+
+    probe = "import tangents.evidence, tangents, types; print(isinstance(tangents.linearize, types.FunctionType))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "True", (done.stdout, done.stderr)
+
+
 # ---------------------------------------------------------------------- the tiny, exact run
 
 EXACT = dict(widths=(16, 32, 64), circle_widths=(16, 64), seeds=(3, 7), data_seed=5, n_train=6, steps=10, progress=False)

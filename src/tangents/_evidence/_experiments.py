@@ -18,7 +18,9 @@ import torch
 
 from .._version import __version__
 from ..empirical import NtkImplementation, empirical_ntk_fn
-from ..linearize import linearize
+# Through the table of contents: importing the submodule ``tangents.linearize`` directly would
+# bind the package attribute ``tangents.linearize`` to the module, hiding the function.
+from .. import linearize
 from ..plot import fit_power_law
 from ..predict import gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
 from ._report import EvidenceError, EvidenceReport, rms
@@ -263,7 +265,9 @@ def experiments(
     from tqdm import tqdm
 
     results: dict[tuple[int, int], _Network] = {}
-    jobs = [(w, s) for w in all_widths for s in seed_list]
+    # Seed by seed through all widths, so that the bar's rate (and time left) is an average
+    # over widths from the first round on, not the narrow networks' pace.
+    jobs = [(w, s) for s in seed_list for w in all_widths]
     bar = tqdm(jobs, desc="evidence", unit="network", disable=None if progress is None else not progress, file=sys.stderr)
     for w, s in bar:
         bar.set_postfix(width=w, seed=s, refresh=False)
