@@ -14,11 +14,13 @@ Each helper draws one kind of picture on a matplotlib ``Axes`` and returns it:
 * `convergence`: a quantity against width on log-log axes, one point per seed, the mean
   per width and the fitted power law ``c · widthˢ`` (`fit_power_law`) with its slope.
 
+`new_axes` and `figure_grid` make the figures the helpers draw on when no ``ax`` is given.
+
 matplotlib is an optional dependency (``pip install 'tangents[plot]'``), imported when a
 helper is first called. The helpers build ``matplotlib.figure.Figure`` objects directly,
 without ``pyplot``: they never change the user's backend or open a window, and
-``ax.figure.savefig("k.png")`` writes the file with matplotlib's Agg renderer (a notebook
-shows a returned figure as usual). Arrays may be numpy arrays or torch tensors (on any
+``ax.figure.savefig("k.png")`` writes the file with matplotlib's Agg renderer (in a notebook,
+``ax.figure`` as a cell's last expression displays it). Arrays may be numpy arrays or torch tensors (on any
 device; they are copied to the CPU).
 
 Example:
