@@ -39,6 +39,13 @@ def test_command_writes_the_figures_and_the_report(tmp_path: Path, capsys: pytes
     assert "widths: 8, 16, 32" in report and "4 steps of full-batch gradient descent" in report
     assert re.search(r"3 widths x 2 networks, 4 steps \(seeds 3\.\.4, data seed 3\)", stdout), stdout
     assert f"wrote 5 figures and report.md to {out}" in stdout
+    # The terminal's headline distance is the report's (Lee et al. table, widest row: the
+    # geometric mean over the seeds), printed the same way.
+    printed = re.search(r"width 32: RMSE network - NTK prediction (\S+) ", stdout)
+    assert printed is not None, stdout
+    lee = report.split("## Lee et al.")[1]
+    row = next(line for line in lee.splitlines() if line.startswith("| 32 |"))
+    assert row.split(" | ")[2] == printed.group(1), (row, printed.group(1))
 
 
 def test_command_runs_a_network_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -231,6 +231,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "tangents evidence") -> 
 
 def _summary(report: Any, out: Path) -> str:
     """A few lines for the terminal: where the files are and the headline numbers."""
+    import numpy as np
+
     widest = report.widths[-1]
     rows = [
         f"tangents evidence: {len(report.widths)} widths x {len(report.seeds)} networks, {report.steps} steps "
@@ -238,7 +240,8 @@ def _summary(report: Any, out: Path) -> str:
         f"  NTK error vs width: slope {report.ntk_error_fit.slope:.3f} +- {report.ntk_error_fit.slope_se:.3f} (theory -0.5)",
         f"  NTK change during training: slope {report.ntk_change_fit.slope:.3f}; parameter change: slope "
         f"{report.weight_change_fit.slope:.3f}",
-        f"  width {widest}: RMSE network - NTK prediction {float(report.rmse_net_ntk[-1].mean()):.3g} "
+        # The geometric mean over the seeds, as in report.md's tables.
+        f"  width {widest}: RMSE network - NTK prediction {math.exp(float(np.log(report.rmse_net_ntk[-1]).mean())):.3g} "
         f"(targets' RMS {report.target_rms:.3g})",
         f"  steps to decay by e along the top / bottom eigenvector: {report.efold_steps[0]:g} / {report.efold_steps[-1]:g}",
         f"  wrote 5 figures and report.md to {out}",
