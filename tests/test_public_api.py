@@ -17,6 +17,7 @@ PUBLIC: dict[str, set[str]] = {
         "Kernel", "stax", "batch", "predict", "empirical", "NtkImplementation", "empirical_kernel_fn",
         "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn", "linearize", "taylor_expand",
         "monte_carlo_kernel_fn", "__version__", "store", "compute_kernel", "KernelStore",
+        "evidence", "plot",
     },
     "tangents.predict": {
         "Gaussian", "ODEState", "PredictFn", "PredictFnODE", "gp_inference", "gradient_descent",
@@ -35,6 +36,14 @@ PUBLIC: dict[str, set[str]] = {
     },
     "tangents.distributed": {"connect", "local_client", "run_on_dask"},
     "tangents.sklearn": {"InfiniteWidthKernel", "NTKClassifier", "NTKRegressor"},
+    "tangents.evidence": {
+        "DEFAULT_CIRCLE_WIDTHS", "DEFAULT_WIDTHS", "LR_FRACTION", "N_ANGLES", "EvidenceError",
+        "EvidenceReport", "default_network", "run",
+    },
+    "tangents.plot": {
+        "COLORS", "PowerLawFit", "convergence", "figure_grid", "fit_power_law", "kernel_heatmap",
+        "kernel_vs_angle", "new_axes", "residual_projections", "spectrum", "trajectories",
+    },
     "tangents.cli": {"COMMANDS", "main"},
 }
 

@@ -38,6 +38,9 @@ _WHERE: dict[str, str] = {
     "compute_kernel": ".store",
     # scikit-learn estimators and GP kernel (optional dependency: tangents[sklearn])
     "sklearn": ".sklearn",
+    # The theory's claims on finite networks, and figures
+    "evidence": ".evidence",
+    "plot": ".plot",
 }
 
 #: Modules that need an optional dependency: reachable as attributes, left out of ``import *``.
@@ -45,7 +48,7 @@ _OPTIONAL = {"sklearn"}
 
 __all__ = ["__version__", *(name for name in _WHERE if name not in _OPTIONAL)]
 
-_MODULES = {"stax", "predict", "empirical", "store", "sklearn"}
+_MODULES = {"stax", "predict", "empirical", "store", "sklearn", "evidence", "plot"}
 
 
 def __getattr__(name: str) -> Any:
@@ -64,6 +67,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import empirical as empirical
+    from . import evidence as evidence
+    from . import plot as plot
     from . import predict as predict
     from . import sklearn as sklearn
     from . import stax as stax

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "the main job (the default): infinite-width NNGP/NTK vs a trained finite network on digits"),
     "kernel": ("kernel", "compute a kernel into a resumable store on disk, here or on a Dask cluster; --status STORE"),
     "fit": ("fit", "fit an infinitely wide network to your CSV/.npy/.npz data and predict a test file"),
+    "evidence": ("evidence", "figures and numbers reproducing Jacot et al. and Lee et al. with finite networks"),
 }
 
 

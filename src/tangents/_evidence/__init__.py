@@ -1,0 +1,1 @@
+"""The private parts of `tangents.evidence`: the experiments, the report record, the figures."""
