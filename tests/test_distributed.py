@@ -75,6 +75,45 @@ def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
     assert writers == set(client.run(os.getpid, wait=True).values())  # both workers, not this process
 
 
+def test_command_line_on_a_scheduler_and_on_local_workers(client, tmp_path, capsys, monkeypatch):
+    """``tangents kernel --scheduler ADDRESS`` (this module's cluster) and ``--workers K`` (its
+    `local_client`, replaced by this cluster so that no second one starts) fill stores
+    bit-identical to an in-process one; `connect` to an address where no scheduler answers says so.
+    (Before the worker-kill test: a restarted worker's first task imports torch again, ~4 s.)"""
+    import contextlib
+
+    import numpy as np
+
+    import tangents.distributed
+    from tangents.cli import main
+    from tangents.store import KernelStore
+
+    x = np.random.default_rng(3).standard_normal((13, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    command = ["kernel", "--arch", "fc", "--x1", str(tmp_path / "x.npy"), "--block", "4", "--no-fsync", "--json"]
+    assert main([*command, "--out", str(tmp_path / "here.zarr")]) == 0
+    here = KernelStore.open(tmp_path / "here.zarr")
+    assert main([*command, "--out", str(tmp_path / "scheduler.zarr"), "--scheduler", client.scheduler.address]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["computed"] == summary["blocks"] == 10  # 4 x 4 grid, upper triangle
+    writers = {json.loads(f.read_text())["pid"] for f in (tmp_path / "scheduler.zarr" / "manifest").glob("*.json")}
+    assert writers and os.getpid() not in writers  # the workers wrote the blocks
+    assert same_bytes(here, KernelStore.open(tmp_path / "scheduler.zarr"))
+    asked = []
+
+    @contextlib.contextmanager
+    def this_cluster(n_workers: int, **kwargs):
+        asked.append(n_workers)
+        yield client
+
+    monkeypatch.setattr(tangents.distributed, "local_client", this_cluster)
+    assert main([*command, "--out", str(tmp_path / "workers.zarr"), "--workers", "2"]) == 0
+    assert asked == [2] and same_bytes(here, KernelStore.open(tmp_path / "workers.zarr"))
+    capsys.readouterr()
+    with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://127\.0\.0\.1:9 within 1 s .*start one"):
+        tangents.distributed.connect("tcp://127.0.0.1:9", timeout=1)
+
+
 def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
     """SIGKILL one worker process (by pid) after some blocks: its task runs again elsewhere, the
     nanny starts a new worker, and the store is bit-identical to an in-process one."""
@@ -110,3 +149,4 @@ def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
     assert victim not in client.run(os.getpid, wait=True).values()
     reference = compute_kernel(net, x, path=tmp_path / "reference.zarr", block_size=block, durable=False, progress=False)
     assert same_bytes(store, reference)
+
