@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import threading
 import time
@@ -72,6 +73,7 @@ def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
                 assert there.last_run["computed"] == len(there.plan) == len(here.plan)
                 assert same_bytes(here, there), tag
                 writers |= {json.loads(f.read_text())["pid"] for f in (there.path / "manifest").glob("*.json")}
+                assert not list(there.path.glob("*inputs-*"))  # the inputs' file is gone after the run
     assert writers == set(client.run(os.getpid, wait=True).values())  # both workers, not this process
 
 
@@ -114,16 +116,19 @@ def test_command_line_on_a_scheduler_and_on_local_workers(client, tmp_path, caps
         tangents.distributed.connect("tcp://127.0.0.1:9", timeout=1)
 
 
-def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
+@pytest.mark.parametrize("victims", [1, 2], ids=["one_worker", "every_worker"])
+def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path, victims):
     """SIGKILL one worker process (by pid) after some blocks: its task runs again elsewhere, the
-    nanny starts a new worker, and the store is bit-identical to an in-process one."""
+    nanny starts a new worker, and the store is bit-identical to an in-process one. Every
+    worker killed at once: the new workers read the inputs from the store (scattered data
+    would be lost with the workers) and finish the same store."""
     net = cnn(4)
     x = torch.randn(14, 3, 6, 6, generator=torch.Generator().manual_seed(7))
     block, total = 2, 7 * 8 // 2  # 28 blocks
     path = tmp_path / "killed.zarr"
     pids = client.run(os.getpid, wait=True)
     assert len(pids) == 2
-    victim = next(iter(pids.values()))
+    victim = list(pids.values())[:victims]
     killed: dict = {}
 
     def kill_when_some_blocks_are_done() -> None:
@@ -131,7 +136,8 @@ def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
         while time.monotonic() < deadline:
             done = len(list((path / "manifest").glob("*.json"))) if (path / "manifest").is_dir() else 0
             if done >= 4:
-                os.kill(victim, signal.SIGKILL)
+                for pid in victim:
+                    os.kill(pid, signal.SIGKILL)
                 killed["done"] = done
                 return
             time.sleep(0.01)
@@ -146,7 +152,28 @@ def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
     assert 4 <= killed["done"] < total, killed  # killed mid-run
     assert store.last_run["computed"] == total and store.complete
     client.wait_for_workers(2, timeout=TIMEOUT)  # the nanny restarted the killed worker
-    assert victim not in client.run(os.getpid, wait=True).values()
+    assert not set(victim) & set(client.run(os.getpid, wait=True).values())
     reference = compute_kernel(net, x, path=tmp_path / "reference.zarr", block_size=block, durable=False, progress=False)
     assert same_bytes(store, reference)
 
+
+def test_inputs_reach_the_workers_through_the_store_checked(tmp_path):
+    """Tasks get a reference to the inputs written in the store (not scattered data, lost when
+    every worker is replaced); a worker reads them once, checked against the driver's hash."""
+    from tangents._store import _compute
+
+    payload = _compute._Payload(torch.arange(6.0).reshape(3, 2), None, {"mask_constant": 1.0})
+    reference = _compute._StoredPayload.write(tmp_path, payload)
+    assert reference.file.startswith(str(tmp_path / ".inputs-")) and len(pickle.dumps(reference)) < 500
+    loaded = reference.load()
+    assert torch.equal(loaded.x1, payload.x1) and loaded.x2 is None and loaded.kwargs == {"mask_constant": 1.0}
+    assert reference.load() is loaded  # once per process
+    _compute._LOADED.clear()
+    with open(reference.file, "r+b") as f:  # garbled on the shared disk
+        f.seek(-2, os.SEEK_END)
+        f.write(b"xx")
+    with pytest.raises(RuntimeError, match=r"the inputs at .* are not those the driver wrote \(sha256 differs\)"):
+        reference.load()
+    os.unlink(reference.file)
+    with pytest.raises(OSError, match=r"this Dask worker cannot read the inputs at .*every worker must see the store"):
+        reference.load()

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import math
 import os
+import pickle
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,8 +97,71 @@ class _BlockJob:
     def write(self, block: Block, computed: tuple[dict[str, np.ndarray], float]) -> dict[str, Any]:
         return self.writer(block, computed[0], computed[1])
 
-    def __call__(self, block: Block, payload: _Payload) -> dict[str, Any]:
+    def __call__(self, block: Block, payload: _Payload | _StoredPayload) -> dict[str, Any]:
+        if isinstance(payload, _StoredPayload):
+            payload = payload.load()
         return self.write(block, self.compute(block, _on_device(payload, self.device)))
+
+
+class _StoredPayload(NamedTuple):
+    """The payload of a Dask run, as a file in the store that workers read once per process.
+
+    Scattered data lives only in the workers' memory: a cluster whose every worker is
+    replaced in the course of a long run (jobs reaching their walltime, pre-emption,
+    adaptive scaling) would lose it, and every task after with it. The store's directory
+    outlives them all, and every worker sees it already (it writes its blocks there).
+    """
+
+    file: str
+    sha256: str
+
+    @classmethod
+    def write(cls, path: Path, payload: _Payload) -> _StoredPayload:
+        """Writes ``payload`` (pickled: inputs are tensors, kwargs anything picklable) into
+        the store at ``path`` (temporary file, renamed), and returns its reference."""
+        import cloudpickle  # a dependency of dask.distributed
+
+        data = cloudpickle.dumps(payload, protocol=5)
+        sha = hashlib.sha256(data).hexdigest()
+        file = path / f"{_PAYLOAD_PREFIX}{sha[:16]}.pickle"
+        temporary = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temporary, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return cls(str(file), sha)
+
+    def load(self) -> _Payload:
+        """The payload (read and checked once per process)."""
+        if _LOADED and _LOADED[0][0] == self:
+            return _LOADED[0][1]
+        try:
+            data = Path(self.file).read_bytes()
+        except OSError as e:
+            raise OSError(
+                f"compute_kernel: this Dask worker cannot read the inputs at {self.file} ({e}); every worker must "
+                f"see the store's directory (a filesystem shared by all machines)."
+            ) from None
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise RuntimeError(
+                f"compute_kernel: the inputs at {self.file} are not those the driver wrote (sha256 differs); is "
+                f"another computation running into this store? Stop it and run again."
+            )
+        payload = pickle.loads(data)  # noqa: S301 - bytes checked against the driver's hash
+        _LOADED[:] = [(self, payload)]
+        return payload
+
+
+#: Prefix of the payload file of a Dask run in the store's directory (removed after the run).
+_PAYLOAD_PREFIX = ".inputs-"
+#: ``(reference, payload)`` last loaded in this process.
+_LOADED: list[tuple[_StoredPayload, _Payload]] = []
 
 
 #: ``(payload, device, payload on device)`` of the last move (holding the payload, so that the
@@ -281,6 +347,12 @@ def compute_kernel(
                 f"(tangents kernel --overwrite) to replace it."
             )
         remove_leftovers(path, meta)
+        for leftover in path.glob(f"{_PAYLOAD_PREFIX}*"):  # of a Dask run whose driver was killed
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        for leftover in path.glob(f".{_PAYLOAD_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         plan = meta.plan()
         manifest = read_manifest(path)
         missing, damaged = [], 0
@@ -310,7 +382,13 @@ def compute_kernel(
                 from ..distributed import run_on_dask
 
                 cpu = _Payload(*_tree_to((x1, x2, payload.kwargs), "cpu"))
-                run_on_dask(client, missing, job, cpu, count, timeout=timeout)
+                stored = _StoredPayload.write(path, cpu) if missing else None
+                try:
+                    run_on_dask(client, missing, job, stored, count, timeout=timeout, scatter=False)
+                finally:
+                    if stored is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(stored.file)
         finally:
             bar.close()
     store = KernelStore.open(path)
