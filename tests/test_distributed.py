@@ -11,6 +11,7 @@ on port 8787 first, and warns when another cluster on this machine holds that po
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -76,6 +77,32 @@ def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
                 assert not list(there.path.glob("*inputs-*"))  # the inputs' file is gone after the run
     assert writers == set(client.run(os.getpid, wait=True).values())  # both workers, not this process
 
+
+
+def test_a_store_begun_in_process_is_finished_on_the_cluster(client, tmp_path):
+    """Interrupted in this process (Ctrl-C in its fourth kernel_fn call), resumed on the
+    cluster: the cluster computes exactly the blocks left, and the store is bit-identical to
+    one filled in this process alone."""
+    net = fc()
+    x = torch.randn(17, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float32)
+    calls = []
+
+    @functools.wraps(net.kernel_fn)  # the store fingerprints the stax layer behind it
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 4:  # the shape probe, then three blocks
+            raise KeyboardInterrupt
+        return net.kernel_fn(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_kernel(interrupted, x, path=tmp_path / "k.zarr", block_size=4, durable=False, progress=False)
+    resumed = compute_kernel(net, x, path=tmp_path / "k.zarr", client=client, timeout=TIMEOUT, durable=False,
+                             progress=False)
+    total = len(resumed.plan)  # 5 x 5 grid, upper triangle: 15
+    assert total == 15 and 1 <= resumed.last_run["skipped"] <= 3
+    assert resumed.last_run["computed"] == total - resumed.last_run["skipped"]
+    here = compute_kernel(net, x, path=tmp_path / "here.zarr", block_size=4, durable=False, progress=False)
+    assert same_bytes(here, resumed)
 
 def test_command_line_on_a_scheduler_and_on_local_workers(client, tmp_path, capsys, monkeypatch):
     """``tangents kernel --scheduler ADDRESS`` (this module's cluster) and ``--workers K`` (its
