@@ -333,6 +333,17 @@ def test_reads_slices_of_the_symmetric_kernel(tmp_path, monkeypatch):
         view.to_torch()
 
 
+def test_relative_paths_are_made_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
+    """A Dask worker (or a dask.array chunk read there) runs in another directory: stores
+    remember absolute paths, also in pickled views."""
+    monkeypatch.chdir(tmp_path)
+    store = compute_kernel(fc(), inputs("fc", 5), path="relative.zarr", block_size=2, durable=False, progress=False)
+    assert store.path == tmp_path / "relative.zarr" and KernelStore.open("relative.zarr").path.is_absolute()
+    view = pickle.dumps(store["ntk"])
+    monkeypatch.chdir(tmp_path.parent)
+    assert pickle.loads(view)[...].tobytes() == store["ntk"][...].tobytes()
+
+
 def test_tangents_table_of_contents_and_open_errors(tmp_path):
     assert tangents.compute_kernel is compute_kernel and tangents.KernelStore is KernelStore
     with pytest.raises(ValueError, match=r"KernelStore.open: .*nothing is not a tangents kernel store \(no zarr group there\)"):

@@ -416,7 +416,7 @@ def _check_names(get: Any) -> tuple[str, ...]:
 def _check_path(path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"compute_kernel: path must be a directory path (str or pathlib.Path), got {type(path).__name__}.")
-    path = Path(path)
+    path = Path(path).expanduser().absolute()  # Dask workers run elsewhere, in other directories
     if path.exists() and not path.is_dir():
         raise ValueError(f"compute_kernel: path {path} is a file; a store is a directory (e.g. kernel.zarr).")
     return path

@@ -65,7 +65,7 @@ class KernelStore:
         Raises:
             ValueError: ``path`` is not a tangents kernel store.
         """
-        path = Path(path)
+        path = Path(path).expanduser().absolute()  # also where a Dask worker unpickles a view
         meta = read_meta(path) if path.is_dir() else None
         if meta is None:
             raise ValueError(
