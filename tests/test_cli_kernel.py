@@ -83,9 +83,10 @@ def test_preset_store_status_and_resume(capsys, tmp_path):
     reference = stax.preset("fc", (7,)).kernel_fn(torch.from_numpy(x), None, ("nngp", "ntk"))
     for name in ("nngp", "ntk"):
         assert relative_error(store[name][...], getattr(reference, name).numpy()) <= 1e-12  # measured ~2e-16
-    code, text, _ = run(capsys, "--arch", "fc", "--x1", tmp_path / "x.npy", "--out", out, "--dtype", "float64", "--json")
+    code, text, err = run(capsys, "--arch", "fc", "--x1", tmp_path / "x.npy", "--out", out, "--dtype", "float64", "--json")
     summary = json.loads(text)
     assert code == 0 and (summary["computed"], summary["skipped"], summary["blocks"]) == (0, 10, 10)
+    assert "resuming nngp,ntk of (30, 7)" in err and "blocks 10/10 (10 skipped on resume)" in err, err  # the bar
     code, text, _ = run(capsys, "--status", out)
     assert code == 0
     for line in ("status     complete: 10/10 blocks done", "kernels    nngp, ntk: shape (30, 30), float64",
