@@ -87,8 +87,8 @@ def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
 
 def test_a_store_begun_in_process_is_finished_on_the_cluster(client, tmp_path):
     """Interrupted in this process (Ctrl-C in its fourth kernel_fn call), resumed on the
-    cluster: the cluster computes exactly the blocks left, and the store is bit-identical to
-    one filled in this process alone."""
+    cluster (first with a timeout too short: a TimeoutError saying so): the cluster computes
+    exactly the blocks left, and the store is bit-identical to one filled in this process alone."""
     net = fc()
     x = torch.randn(17, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float32)
     calls = []
@@ -102,10 +102,12 @@ def test_a_store_begun_in_process_is_finished_on_the_cluster(client, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         compute_kernel(interrupted, x, path=tmp_path / "k.zarr", block_size=4, durable=False, progress=False)
+    with pytest.raises(TimeoutError, match=r"run_on_dask: \d+ of \d+ blocks were not done within the timeout of 1e-06 s"):
+        compute_kernel(net, x, path=tmp_path / "k.zarr", client=client, timeout=1e-6, durable=False, progress=False)
     resumed = compute_kernel(net, x, path=tmp_path / "k.zarr", client=client, timeout=TIMEOUT, durable=False,
                              progress=False)
     total = len(resumed.plan)  # 5 x 5 grid, upper triangle: 15
-    assert total == 15 and 1 <= resumed.last_run["skipped"] <= 3
+    assert total == 15 and 1 <= resumed.last_run["skipped"] <= 3 + 11  # (blocks the timed-out run finished count too)
     assert resumed.last_run["computed"] == total - resumed.last_run["skipped"]
     here = compute_kernel(net, x, path=tmp_path / "here.zarr", block_size=4, durable=False, progress=False)
     assert same_bytes(here, resumed)

@@ -83,8 +83,17 @@ def run_on_dask(
         for block in blocks:
             key = f"{name}-{run}-{block.index[0]}-{block.index[1]}"
             futures[client.submit(task, block, scattered, key=key, pure=False, retries=retries)] = block
-        for future in distributed.as_completed(list(futures), timeout=timeout):
-            on_done(futures[future], future.result())
+        finished = 0
+        try:
+            for future in distributed.as_completed(list(futures), timeout=timeout):
+                on_done(futures[future], future.result())
+                finished += 1
+        except TimeoutError as e:
+            raise TimeoutError(
+                f"run_on_dask: {len(blocks) - finished} of {len(blocks)} blocks were not done within the timeout of "
+                f"{timeout} s (the blocks done stay done); run again to resume, with a longer timeout or more "
+                f"workers."
+            ) from e
     except BaseException:
         client.cancel(list(futures))
         raise
