@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -121,15 +121,14 @@ class _StoredPayload(NamedTuple):
         the store at ``path`` (temporary file, renamed), and returns its reference."""
         import cloudpickle  # a dependency of dask.distributed
 
-        data = cloudpickle.dumps(payload, protocol=5)
-        sha = hashlib.sha256(data).hexdigest()
-        file = path / f"{_PAYLOAD_PREFIX}{sha[:16]}.pickle"
-        temporary = file.with_name(f".{file.name}.{uuid.uuid4().hex}.tmp")
+        temporary = path / f".{_PAYLOAD_PREFIX}{uuid.uuid4().hex}.tmp"
         try:
-            with open(temporary, "wb") as f:
-                f.write(data)
+            with open(temporary, "wb") as f:  # streamed: no second copy of the inputs in memory
+                cloudpickle.dump(payload, f, protocol=5)
                 f.flush()
                 os.fsync(f.fileno())
+            sha = _sha256_of_file(temporary)
+            file = path / f"{_PAYLOAD_PREFIX}{sha[:16]}.pickle"
             os.replace(temporary, file)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -142,20 +141,32 @@ class _StoredPayload(NamedTuple):
         if _LOADED and _LOADED[0][0] == self:
             return _LOADED[0][1]
         try:
-            data = Path(self.file).read_bytes()
+            with open(self.file, "rb") as f:  # hashed, then unpickled, streamed: one copy in memory
+                if _sha256_of_file(f) != self.sha256:
+                    raise RuntimeError(
+                        f"compute_kernel: the inputs at {self.file} are not those the driver wrote (sha256 "
+                        f"differs); is another computation running into this store? Stop it and run again."
+                    )
+                f.seek(0)
+                payload = pickle.load(f)  # noqa: S301 - bytes checked against the driver's hash
         except OSError as e:
             raise OSError(
                 f"compute_kernel: this Dask worker cannot read the inputs at {self.file} ({e}); every worker must "
                 f"see the store's directory (a filesystem shared by all machines)."
             ) from None
-        if hashlib.sha256(data).hexdigest() != self.sha256:
-            raise RuntimeError(
-                f"compute_kernel: the inputs at {self.file} are not those the driver wrote (sha256 differs); is "
-                f"another computation running into this store? Stop it and run again."
-            )
-        payload = pickle.loads(data)  # noqa: S301 - bytes checked against the driver's hash
         _LOADED[:] = [(self, payload)]
         return payload
+
+
+def _sha256_of_file(file: Path | BinaryIO) -> str:
+    """SHA-256 of a file's bytes (a path, or an open binary file from its current position),
+    read in chunks of 16 MiB."""
+    sha = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(file, "rb")) if isinstance(file, Path) else file
+        while chunk := f.read(2**24):
+            sha.update(chunk)
+    return sha.hexdigest()
 
 
 #: Prefix of the payload file of a Dask run in the store's directory (removed after the run).
