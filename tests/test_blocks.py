@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import time
 
 import pytest
 import torch
@@ -112,3 +114,24 @@ def test_run_in_process_passes_on_errors():
 
     with pytest.raises(ValueError, match="kernel_fn: bad block"):
         run_in_process(plan, compute, lambda b, r: r, None, workers=2)
+
+
+def test_progress_bar_shows_blocks_skipped_pairs_per_second_and_eta():
+    import io
+
+    from tangents.blocks import BlockProgress
+
+    out = io.StringIO()
+    bar = BlockProgress(10, 1000, done_blocks=2, done_pairs=200, show=True, file=out)
+    time.sleep(0.05)
+    bar.update(100)
+    bar.update(100)
+    bar.close()
+    text = out.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "kernel: blocks 4/10 (2 skipped on resume)" in text, text
+    assert "400/1.00k" in text and "pair/s" in text, text  # pairs done / total, their rate
+    assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", text), text  # elapsed < ETA
+    assert (bar.computed_blocks, bar.computed_pairs, bar.skipped) == (2, 200, 2)
+    hidden = io.StringIO()
+    BlockProgress(3, 30, show=False, file=hidden).close()
+    assert hidden.getvalue() == ""

@@ -83,9 +83,10 @@ def test_preset_store_status_and_resume(capsys, tmp_path):
     reference = stax.preset("fc", (7,)).kernel_fn(torch.from_numpy(x), None, ("nngp", "ntk"))
     for name in ("nngp", "ntk"):
         assert relative_error(store[name][...], getattr(reference, name).numpy()) <= 1e-12  # measured ~2e-16
-    code, text, _ = run(capsys, "--arch", "fc", "--x1", tmp_path / "x.npy", "--out", out, "--dtype", "float64", "--json")
+    code, text, err = run(capsys, "--arch", "fc", "--x1", tmp_path / "x.npy", "--out", out, "--dtype", "float64", "--json")
     summary = json.loads(text)
     assert code == 0 and (summary["computed"], summary["skipped"], summary["blocks"]) == (0, 10, 10)
+    assert "resuming nngp,ntk of (30, 7)" in err and "blocks 10/10 (10 skipped on resume)" in err, err  # the bar
     code, text, _ = run(capsys, "--status", out)
     assert code == 0
     for line in ("status     complete: 10/10 blocks done", "kernels    nngp, ntk: shape (30, 30), float64",
@@ -157,3 +158,32 @@ def test_ctrl_c_leaves_a_resumable_store(capsys, tmp_path):
     reference = stax.preset("fc", (6,)).kernel_fn(torch.from_numpy(x), None, "ntk").numpy()
     # float32: measured 1.3e-7 (matrix products of other shapes round differently), so 1e-6
     assert relative_error(KernelStore.open(out)["ntk"][...], reference) <= 1e-6
+
+
+def test_sigterm_as_batch_schedulers_send_it_leaves_a_resumable_store(capsys, tmp_path):
+    """SIGTERM (what SLURM/PBS send before pre-empting a job) to this process while ``tangents
+    kernel`` runs in it: exit 130, the blocks done kept, the previous SIGTERM handler back."""
+    import threading
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((300, 6)).astype(np.float32))
+    out = tmp_path / "k.zarr"
+    manifest = out / "manifest"
+
+    def terminate_after_two_blocks() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if manifest.is_dir() and len(list(manifest.glob("*.json"))) >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.005)
+
+    before = signal.getsignal(signal.SIGTERM)
+    killer = threading.Thread(target=terminate_after_two_blocks, daemon=True)
+    killer.start()
+    code, _, err = run(capsys, "--arch", "fc", "--x1", tmp_path / "x.npy", "--out", out, "--block", 10, "--no-fsync",
+                       "--quiet")
+    killer.join(timeout=120)
+    assert code == 130 and "of 465 blocks are done; rerun the same command to resume" in err, err
+    store = KernelStore.open(out)
+    assert 2 <= len(store.plan) - len(store.missing_blocks()) < 465
+    assert signal.getsignal(signal.SIGTERM) is before

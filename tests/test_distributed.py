@@ -11,8 +11,10 @@ on port 8787 first, and warns when another cluster on this machine holds that po
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import pickle
 import signal
 import threading
 import time
@@ -71,20 +73,97 @@ def test_cluster_stores_are_bit_identical_to_in_process_ones(client, tmp_path):
                                        timeout=TIMEOUT, durable=False, progress=False)
                 assert there.last_run["computed"] == len(there.plan) == len(here.plan)
                 assert same_bytes(here, there), tag
+                if second is None:
+                    symmetric = there
                 writers |= {json.loads(f.read_text())["pid"] for f in (there.path / "manifest").glob("*.json")}
+                assert not list(there.path.glob("*inputs-*"))  # the inputs' file is gone after the run
     assert writers == set(client.run(os.getpid, wait=True).values())  # both workers, not this process
+    # a symmetric store (CNN, float64) read lazily on the workers, mirrored blocks included
+    lazy = symmetric["ntk"].to_dask()[1:6, 0:7]
+    on_workers = client.compute(lazy).result(timeout=TIMEOUT)
+    assert on_workers.tobytes() == symmetric["ntk"][1:6, 0:7].tobytes()
 
 
-def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
+
+def test_a_store_begun_in_process_is_finished_on_the_cluster(client, tmp_path):
+    """Interrupted in this process (Ctrl-C in its fourth kernel_fn call), resumed on the
+    cluster (first with a timeout too short: a TimeoutError saying so): the cluster computes
+    exactly the blocks left, and the store is bit-identical to one filled in this process alone."""
+    net = fc()
+    x = torch.randn(17, 6, generator=torch.Generator().manual_seed(11), dtype=torch.float32)
+    calls = []
+
+    @functools.wraps(net.kernel_fn)  # the store fingerprints the stax layer behind it
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 4:  # the shape probe, then three blocks
+            raise KeyboardInterrupt
+        return net.kernel_fn(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_kernel(interrupted, x, path=tmp_path / "k.zarr", block_size=4, durable=False, progress=False)
+    with pytest.raises(TimeoutError, match=r"run_on_dask: \d+ of \d+ blocks were not done within the timeout of 1e-06 s"):
+        compute_kernel(net, x, path=tmp_path / "k.zarr", client=client, timeout=1e-6, durable=False, progress=False)
+    resumed = compute_kernel(net, x, path=tmp_path / "k.zarr", client=client, timeout=TIMEOUT, durable=False,
+                             progress=False)
+    total = len(resumed.plan)  # 5 x 5 grid, upper triangle: 15
+    assert total == 15 and 1 <= resumed.last_run["skipped"] <= 3 + 11  # (blocks the timed-out run finished count too)
+    assert resumed.last_run["computed"] == total - resumed.last_run["skipped"]
+    here = compute_kernel(net, x, path=tmp_path / "here.zarr", block_size=4, durable=False, progress=False)
+    assert same_bytes(here, resumed)
+
+def test_command_line_on_a_scheduler_and_on_local_workers(client, tmp_path, capsys, monkeypatch):
+    """``tangents kernel --scheduler ADDRESS`` (this module's cluster) and ``--workers K`` (its
+    `local_client`, replaced by this cluster so that no second one starts) fill stores
+    bit-identical to an in-process one; `connect` to an address where no scheduler answers says so.
+    (Before the worker-kill test: a restarted worker's first task imports torch again, ~4 s.)"""
+    import contextlib
+
+    import numpy as np
+
+    import tangents.distributed
+    from tangents.cli import main
+    from tangents.store import KernelStore
+
+    x = np.random.default_rng(3).standard_normal((13, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    command = ["kernel", "--arch", "fc", "--x1", str(tmp_path / "x.npy"), "--block", "4", "--no-fsync", "--json"]
+    assert main([*command, "--out", str(tmp_path / "here.zarr")]) == 0
+    here = KernelStore.open(tmp_path / "here.zarr")
+    assert main([*command, "--out", str(tmp_path / "scheduler.zarr"), "--scheduler", client.scheduler.address]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["computed"] == summary["blocks"] == 10  # 4 x 4 grid, upper triangle
+    writers = {json.loads(f.read_text())["pid"] for f in (tmp_path / "scheduler.zarr" / "manifest").glob("*.json")}
+    assert writers and os.getpid() not in writers  # the workers wrote the blocks
+    assert same_bytes(here, KernelStore.open(tmp_path / "scheduler.zarr"))
+    asked = []
+
+    @contextlib.contextmanager
+    def this_cluster(n_workers: int, **kwargs):
+        asked.append(n_workers)
+        yield client
+
+    monkeypatch.setattr(tangents.distributed, "local_client", this_cluster)
+    assert main([*command, "--out", str(tmp_path / "workers.zarr"), "--workers", "2"]) == 0
+    assert asked == [2] and same_bytes(here, KernelStore.open(tmp_path / "workers.zarr"))
+    capsys.readouterr()
+    with pytest.raises(OSError, match=r"no Dask scheduler answered at tcp://127\.0\.0\.1:9 within 1 s .*start one"):
+        tangents.distributed.connect("tcp://127.0.0.1:9", timeout=1)
+
+
+@pytest.mark.parametrize("victims", [1, 2], ids=["one_worker", "every_worker"])
+def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path, victims):
     """SIGKILL one worker process (by pid) after some blocks: its task runs again elsewhere, the
-    nanny starts a new worker, and the store is bit-identical to an in-process one."""
+    nanny starts a new worker, and the store is bit-identical to an in-process one. Every
+    worker killed at once: the new workers read the inputs from the store (scattered data
+    would be lost with the workers) and finish the same store."""
     net = cnn(4)
     x = torch.randn(14, 3, 6, 6, generator=torch.Generator().manual_seed(7))
     block, total = 2, 7 * 8 // 2  # 28 blocks
     path = tmp_path / "killed.zarr"
     pids = client.run(os.getpid, wait=True)
     assert len(pids) == 2
-    victim = next(iter(pids.values()))
+    victim = list(pids.values())[:victims]
     killed: dict = {}
 
     def kill_when_some_blocks_are_done() -> None:
@@ -92,7 +171,8 @@ def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
         while time.monotonic() < deadline:
             done = len(list((path / "manifest").glob("*.json"))) if (path / "manifest").is_dir() else 0
             if done >= 4:
-                os.kill(victim, signal.SIGKILL)
+                for pid in victim:
+                    os.kill(pid, signal.SIGKILL)
                 killed["done"] = done
                 return
             time.sleep(0.01)
@@ -107,6 +187,28 @@ def test_a_worker_killed_mid_run_changes_nothing(client, tmp_path):
     assert 4 <= killed["done"] < total, killed  # killed mid-run
     assert store.last_run["computed"] == total and store.complete
     client.wait_for_workers(2, timeout=TIMEOUT)  # the nanny restarted the killed worker
-    assert victim not in client.run(os.getpid, wait=True).values()
+    assert not set(victim) & set(client.run(os.getpid, wait=True).values())
     reference = compute_kernel(net, x, path=tmp_path / "reference.zarr", block_size=block, durable=False, progress=False)
     assert same_bytes(store, reference)
+
+
+def test_inputs_reach_the_workers_through_the_store_checked(tmp_path):
+    """Tasks get a reference to the inputs written in the store (not scattered data, lost when
+    every worker is replaced); a worker reads them once, checked against the driver's hash."""
+    from tangents._store import _compute
+
+    payload = _compute._Payload(torch.arange(6.0).reshape(3, 2), None, {"mask_constant": 1.0})
+    reference = _compute._StoredPayload.write(tmp_path, payload)
+    assert reference.file.startswith(str(tmp_path / ".inputs-")) and len(pickle.dumps(reference)) < 500
+    loaded = reference.load()
+    assert torch.equal(loaded.x1, payload.x1) and loaded.x2 is None and loaded.kwargs == {"mask_constant": 1.0}
+    assert reference.load() is loaded  # once per process
+    _compute._LOADED.clear()
+    with open(reference.file, "r+b") as f:  # garbled on the shared disk
+        f.seek(-2, os.SEEK_END)
+        f.write(b"xx")
+    with pytest.raises(RuntimeError, match=r"the inputs at .* are not those the driver wrote \(sha256 differs\)"):
+        reference.load()
+    os.unlink(reference.file)
+    with pytest.raises(OSError, match=r"this Dask worker cannot read the inputs at .*every worker must see the store"):
+        reference.load()

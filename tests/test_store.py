@@ -322,9 +322,26 @@ def test_reads_slices_of_the_symmetric_kernel(tmp_path, monkeypatch):
         view[7]
     with pytest.raises(KeyError, match=r"no kernel 'ntkk' .* \(did you mean 'ntk'\?\); it holds nngp, ntk"):
         store["ntkk"]
+    rows = view.to_torch(index=(slice(1, 6), slice(2, 5)))  # torch slices, as numpy ones
+    assert isinstance(rows, torch.Tensor) and rows.numpy().tobytes() == view[1:6, 2:5].tobytes()
     monkeypatch.setattr(tangents._store._read, "available_memory", lambda device: 1000)
+    monkeypatch.setattr(tangents._store._read, "_READS_ALWAYS_FIT", 0)
+    # 3 x 7 examples x 144 location pairs x 8 bytes = 24192 bytes > 1000 free
+    with pytest.raises(MemoryError, match=r"KernelArray: reading ntk\[2:5, :\] needs 0\.00 GB \(3 x 7 examples\) but 0\.00 GB are free; read fewer rows"):
+        view[2:5]
     with pytest.raises(MemoryError, match=r"KernelArray.to_torch: ntk \(7, 7, 4, 4, 3, 3\) needs 0\.00 GB but 0\.00 GB are free on cpu; read it in slices"):
         view.to_torch()
+
+
+def test_relative_paths_are_made_absolute_for_workers_elsewhere(tmp_path, monkeypatch):
+    """A Dask worker (or a dask.array chunk read there) runs in another directory: stores
+    remember absolute paths, also in pickled views."""
+    monkeypatch.chdir(tmp_path)
+    store = compute_kernel(fc(), inputs("fc", 5), path="relative.zarr", block_size=2, durable=False, progress=False)
+    assert store.path == tmp_path / "relative.zarr" and KernelStore.open("relative.zarr").path.is_absolute()
+    view = pickle.dumps(store["ntk"])
+    monkeypatch.chdir(tmp_path.parent)
+    assert pickle.loads(view)[...].tobytes() == store["ntk"][...].tobytes()
 
 
 def test_tangents_table_of_contents_and_open_errors(tmp_path):
@@ -360,5 +377,6 @@ def test_readme_store_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md (stores)", "exec"), namespace)  # noqa: S102
     assert namespace["rows"].shape == (1000, 2000) and namespace["k"].shape == (2000, 2000)
+    assert namespace["rows_t"].numpy().tobytes() == namespace["rows"].tobytes()
     assert namespace["store"].complete and len(namespace["store"].plan) == 10  # 4 x 4 blocks, upper triangle
     assert namespace["lazy"].shape == (2000, 2000) and namespace["k"].dtype == torch.float64  # (tests run in float64)

@@ -1,9 +1,10 @@
 """Blocks as tasks on a Dask cluster (``pip install 'tangents[distributed]'``).
 
 `tangents.store.compute_kernel(..., client=client)` hands its blocks to `run_on_dask`: the
-inputs are scattered to the workers once (replicated, so a worker lost does not lose them),
-each block is one task that computes the block and writes it into the store itself, and the
-driver only collects each task's small manifest entry. Any ``dask.distributed`` cluster
+inputs are written once into the store's directory, which every worker reads once per process
+(so they survive a cluster whose every worker is replaced during a long run, which scattered
+data would not); each block is one task that computes the block and writes it into the store
+itself, and the driver only collects each task's small manifest entry. Any ``dask.distributed`` cluster
 works: a `LocalCluster` (`local_client`), SSH, dask-jobqueue (SLURM, PBS) or Kubernetes —
 all workers must see the store's directory (a shared filesystem for several machines).
 
@@ -47,6 +48,7 @@ def run_on_dask(
     *,
     retries: int = 1,
     timeout: float | None = None,
+    scatter: bool = True,
     name: str = "tangents-block",
 ) -> None:
     """Runs ``task(block, payload)`` for every block as Dask tasks.
@@ -56,7 +58,9 @@ def run_on_dask(
         blocks: the blocks to compute.
         task: a picklable callable; it computes a block and writes it where it belongs (the
             store), returning something small (a manifest entry).
-        payload: what every task needs (the inputs): scattered to every worker once.
+        payload: what every task needs (the inputs): scattered to every worker once (and lost
+            if every worker holding it is lost); with ``scatter=False`` passed to every task
+            as it is (for a small reference to data the workers read themselves).
         on_done: ``on_done(block, returned)`` in this process as each task finishes.
         retries: times a task that *raised* is run again (a task whose worker died is
             rescheduled by Dask anyway, up to ``distributed.scheduler.allowed-failures``).
@@ -73,21 +77,31 @@ def run_on_dask(
     if not blocks:
         return
     run = uuid.uuid4().hex[:8]
-    [scattered] = client.scatter([payload], broadcast=True, hash=False)
+    scattered = client.scatter([payload], broadcast=True, hash=False)[0] if scatter else payload
     futures = {}
     try:
         for block in blocks:
             key = f"{name}-{run}-{block.index[0]}-{block.index[1]}"
             futures[client.submit(task, block, scattered, key=key, pure=False, retries=retries)] = block
-        for future in distributed.as_completed(list(futures), timeout=timeout):
-            on_done(futures[future], future.result())
+        finished = 0
+        try:
+            for future in distributed.as_completed(list(futures), timeout=timeout):
+                on_done(futures[future], future.result())
+                finished += 1
+        except TimeoutError as e:
+            raise TimeoutError(
+                f"run_on_dask: {len(blocks) - finished} of {len(blocks)} blocks were not done within the timeout of "
+                f"{timeout} s (the blocks done stay done); run again to resume, with a longer timeout or more "
+                f"workers."
+            ) from e
     except BaseException:
         client.cancel(list(futures))
         raise
     finally:
         futures.clear()
-        with contextlib.suppress(Exception):
-            client.cancel([scattered])
+        if scatter:
+            with contextlib.suppress(Exception):
+                client.cancel([scattered])
 
 
 def connect(address: str, timeout: float = 30.0) -> Client:

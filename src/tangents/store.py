@@ -8,6 +8,7 @@ returns a `KernelStore` to read it::
     store = tangents.store.compute_kernel(kernel_fn, x_train, None, ("nngp", "ntk"),
                                           path="train.zarr", block_size=4096)
     store["ntk"][:1000]            # numpy rows (1000, N)
+    store["ntk"].to_torch(index=slice(0, 1000))   # the same rows as a tensor
     store["ntk"].to_dask()         # the whole kernel, lazily
     store["ntk"].to_torch()        # in memory, when it fits
 
@@ -26,7 +27,9 @@ returns a `KernelStore` to read it::
 * **Symmetry.** For ``x2=None`` only blocks on and above the diagonal are computed and
   stored; reads return the symmetric matrix.
 * **Clusters.** With ``client=`` (a ``dask.distributed.Client``) each block is a task that
-  writes itself into the store (`tangents.distributed`); without, blocks run in this
+  writes itself into the store (`tangents.distributed`), reading the inputs once per
+  worker process from a file in the store (so a run survives every worker being
+  replaced); without, blocks run in this
   process, as many at a time as torch has threads, each with one intra-op thread (as on a
   Dask worker), while the blocks computed are written. Either way the store is
   bit-identical.

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import math
 import os
+import pickle
 import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -94,8 +97,82 @@ class _BlockJob:
     def write(self, block: Block, computed: tuple[dict[str, np.ndarray], float]) -> dict[str, Any]:
         return self.writer(block, computed[0], computed[1])
 
-    def __call__(self, block: Block, payload: _Payload) -> dict[str, Any]:
+    def __call__(self, block: Block, payload: _Payload | _StoredPayload) -> dict[str, Any]:
+        if isinstance(payload, _StoredPayload):
+            payload = payload.load()
         return self.write(block, self.compute(block, _on_device(payload, self.device)))
+
+
+class _StoredPayload(NamedTuple):
+    """The payload of a Dask run, as a file in the store that workers read once per process.
+
+    Scattered data lives only in the workers' memory: a cluster whose every worker is
+    replaced in the course of a long run (jobs reaching their walltime, pre-emption,
+    adaptive scaling) would lose it, and every task after with it. The store's directory
+    outlives them all, and every worker sees it already (it writes its blocks there).
+    """
+
+    file: str
+    sha256: str
+
+    @classmethod
+    def write(cls, path: Path, payload: _Payload) -> _StoredPayload:
+        """Writes ``payload`` (pickled: inputs are tensors, kwargs anything picklable) into
+        the store at ``path`` (temporary file, renamed), and returns its reference."""
+        import cloudpickle  # a dependency of dask.distributed
+
+        temporary = path / f".{_PAYLOAD_PREFIX}{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temporary, "wb") as f:  # streamed: no second copy of the inputs in memory
+                cloudpickle.dump(payload, f, protocol=5)
+                f.flush()
+                os.fsync(f.fileno())
+            sha = _sha256_of_file(temporary)
+            file = path / f"{_PAYLOAD_PREFIX}{sha[:16]}.pickle"
+            os.replace(temporary, file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return cls(str(file), sha)
+
+    def load(self) -> _Payload:
+        """The payload (read and checked once per process)."""
+        if _LOADED and _LOADED[0][0] == self:
+            return _LOADED[0][1]
+        try:
+            with open(self.file, "rb") as f:  # hashed, then unpickled, streamed: one copy in memory
+                if _sha256_of_file(f) != self.sha256:
+                    raise RuntimeError(
+                        f"compute_kernel: the inputs at {self.file} are not those the driver wrote (sha256 "
+                        f"differs); is another computation running into this store? Stop it and run again."
+                    )
+                f.seek(0)
+                payload = pickle.load(f)  # noqa: S301 - bytes checked against the driver's hash
+        except OSError as e:
+            raise OSError(
+                f"compute_kernel: this Dask worker cannot read the inputs at {self.file} ({e}); every worker must "
+                f"see the store's directory (a filesystem shared by all machines)."
+            ) from None
+        _LOADED[:] = [(self, payload)]
+        return payload
+
+
+def _sha256_of_file(file: Path | BinaryIO) -> str:
+    """SHA-256 of a file's bytes (a path, or an open binary file from its current position),
+    read in chunks of 16 MiB."""
+    sha = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(open(file, "rb")) if isinstance(file, Path) else file
+        while chunk := f.read(2**24):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+#: Prefix of the payload file of a Dask run in the store's directory (removed after the run).
+_PAYLOAD_PREFIX = ".inputs-"
+#: ``(reference, payload)`` last loaded in this process.
+_LOADED: list[tuple[_StoredPayload, _Payload]] = []
 
 
 #: ``(payload, device, payload on device)`` of the last move (holding the payload, so that the
@@ -281,6 +358,12 @@ def compute_kernel(
                 f"(tangents kernel --overwrite) to replace it."
             )
         remove_leftovers(path, meta)
+        for leftover in path.glob(f"{_PAYLOAD_PREFIX}*"):  # of a Dask run whose driver was killed
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        for leftover in path.glob(f".{_PAYLOAD_PREFIX}*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         plan = meta.plan()
         manifest = read_manifest(path)
         missing, damaged = [], 0
@@ -310,7 +393,13 @@ def compute_kernel(
                 from ..distributed import run_on_dask
 
                 cpu = _Payload(*_tree_to((x1, x2, payload.kwargs), "cpu"))
-                run_on_dask(client, missing, job, cpu, count, timeout=timeout)
+                stored = _StoredPayload.write(path, cpu) if missing else None
+                try:
+                    run_on_dask(client, missing, job, stored, count, timeout=timeout, scatter=False)
+                finally:
+                    if stored is not None:
+                        with contextlib.suppress(OSError):
+                            os.unlink(stored.file)
         finally:
             bar.close()
     store = KernelStore.open(path)
@@ -338,7 +427,7 @@ def _check_names(get: Any) -> tuple[str, ...]:
 def _check_path(path: Any) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"compute_kernel: path must be a directory path (str or pathlib.Path), got {type(path).__name__}.")
-    path = Path(path)
+    path = Path(path).expanduser().absolute()  # Dask workers run elsewhere, in other directories
     if path.exists() and not path.is_dir():
         raise ValueError(f"compute_kernel: path {path} is a file; a store is a directory (e.g. kernel.zarr).")
     return path

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 __all__ = ["IncompleteStoreError", "KernelArray", "KernelStore"]
 
 
+#: Bytes of a read below which the free memory is not asked about (64 MiB).
+_READS_ALWAYS_FIT = 2**26
+
+
 class IncompleteStoreError(ValueError):
     """A read of a store whose blocks are not all done (or some are damaged)."""
 
@@ -61,7 +65,7 @@ class KernelStore:
         Raises:
             ValueError: ``path`` is not a tangents kernel store.
         """
-        path = Path(path)
+        path = Path(path).expanduser().absolute()  # also where a Dask worker unpickles a view
         meta = read_meta(path) if path.is_dir() else None
         if meta is None:
             raise ValueError(
@@ -304,6 +308,7 @@ class KernelArray:
         else:
             lo_r, hi_r = min(r), max(r) + 1
             lo_c, hi_c = min(c), max(c) + 1
+            self._check_fits(hi_r - lo_r, hi_c - lo_c, key[:2])
             data = self._read(slice(lo_r, hi_r), slice(lo_c, hi_c))
             if r.step != 1:
                 data = data[np.asarray(r) - lo_r]
@@ -315,6 +320,19 @@ class KernelArray:
         if squeeze_rows:
             data = data[0]
         return data
+
+    def _check_fits(self, rows: int, cols: int, key: tuple[Any, ...]) -> None:
+        """A read of ``rows x cols`` examples (every location pair: they are read whole) must fit
+        in the free memory, or a MemoryError names the read and the fix."""
+        needed = rows * cols * math.prod(self.shape[2:]) * self.dtype.itemsize
+        if needed > _READS_ALWAYS_FIT:
+            free = available_memory(torch.device("cpu"))
+            if needed > free:
+                raise MemoryError(
+                    f"KernelArray: reading {self.name}[{_key_text(key)}] needs {needed / 2**30:.2f} GB "
+                    f"({rows} x {cols} examples) but {free / 2**30:.2f} GB are free; read fewer rows at a time "
+                    f"(store[{self.name!r}][a:b]) or lazily with .to_dask()."
+                )
 
     def _read(self, rows: slice, cols: slice) -> np.ndarray:
         """``K[rows, cols]`` for contiguous ranges, from the blocks stored."""
@@ -355,14 +373,21 @@ class KernelArray:
                 f"same arguments to recompute it (store.verify() lists the damaged blocks)."
             ) from e
 
-    def to_torch(self, device: str | torch.device | None = None) -> torch.Tensor:
-        """The whole kernel as a tensor on ``device`` (default CPU).
+    def to_torch(self, device: str | torch.device | None = None, index: Any = None) -> torch.Tensor:
+        """The whole kernel, or ``self[index]``, as a tensor on ``device`` (default CPU).
+
+        Args:
+            device: the torch device of the result.
+            index: ``None`` for the whole kernel ``(N1, N2, *S)``; else any index
+                ``__getitem__`` takes, e.g. ``(slice(0, 1000), slice(None))`` for rows 0-999.
 
         Raises:
             MemoryError: it does not fit in the free memory (read slices, or use `to_dask`).
         """
         self._store.require_complete()
         device = torch.device("cpu" if device is None else device)
+        if index is not None:
+            return torch.from_numpy(np.ascontiguousarray(self[index])).to(device)
         for where in {torch.device("cpu"), device}:
             free = available_memory(where)
             if self.nbytes > free:
@@ -401,6 +426,16 @@ class KernelArray:
             )
         data = self[...]
         return data if dtype is None else data.astype(dtype, copy=False)
+
+
+def _key_text(key: tuple[Any, ...]) -> str:
+    def text(k: Any) -> str:
+        if isinstance(k, slice):
+            return ":".join("" if v is None else str(v) for v in (k.start, k.stop)) + (
+                "" if k.step is None else f":{k.step}")
+        return "..." if k is Ellipsis else str(k)
+
+    return ", ".join(text(k) for k in key)
 
 
 def _open_array(path: str, name: str) -> KernelArray:
