@@ -32,6 +32,8 @@ _WHERE: dict[str, str] = {
     "taylor_expand": ".linearize",
     # Kernels estimated by sampling finite networks
     "monte_carlo_kernel_fn": ".monte_carlo",
+    # torch.nn models lifted to stax
+    "from_torch": ".lift",
 }
 
 __all__ = ["__version__", *_WHERE]
@@ -66,4 +68,5 @@ if TYPE_CHECKING:
     from .empirical import empirical_ntk_vp_fn as empirical_ntk_vp_fn
     from .linearize import linearize as linearize
     from .linearize import taylor_expand as taylor_expand
+    from .lift import from_torch as from_torch
     from .monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn

@@ -1,0 +1,143 @@
+"""torch activations as stax layers: closed forms where stax has them, quadrature otherwise.
+
+Each entry maps a torch activation (module or function) with its arguments to a stax layer
+and a note for ``print``. Smooth activations without a closed form (Tanh, Sigmoid, SiLU,
+Softplus, Mish) use stax's Gauss–Hermite layers (`stax.ElementwiseNumerical`, accurate to
+~1e-7 for pre-activation variances up to 1, see their docstrings); the piecewise-linear
+Hardtanh / ReLU6 / Hardswish / Hardsigmoid use it with `KINKED_DEGREE` nodes, whose error
+falls only slowly (kinks): about 1e-4 in T and 1e-2 in Ṫ (stated in ``print``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import stax
+from ..stax import Layer
+from ._layers import Scale
+
+#: Gauss–Hermite nodes per dimension for piecewise-linear activations (kinks converge slowly).
+KINKED_DEGREE = 120
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _numerical(fn: Callable[[torch.Tensor], torch.Tensor], name: str, deg: int) -> Layer:
+    layer = stax.ElementwiseNumerical(fn, deg)
+    layer.display_name = f"ElementwiseNumerical({name}, deg={deg})"
+    return layer
+
+
+def relu() -> tuple[Layer, str]:
+    return stax.Relu(), ""
+
+
+def leaky_relu(negative_slope: float = 0.01) -> tuple[Layer, str]:
+    return stax.LeakyRelu(float(negative_slope)), ""
+
+
+def gelu(approximate: str = "none") -> tuple[Layer, str]:
+    if approximate == "tanh":
+        return stax.Gelu(approximate=True), "kernel of the exact GELU (the tanh approximation differs by < 1e-3)"
+    return stax.Gelu(), ""
+
+
+def tanh() -> tuple[Layer, str]:
+    return stax.Tanh(), "Gauss-Hermite quadrature (stax.Tanh)"
+
+
+def sigmoid() -> tuple[Layer, str]:
+    return stax.Sigmoid(), "Gauss-Hermite quadrature (stax.Sigmoid)"
+
+
+def silu() -> tuple[Layer, str]:
+    return stax.SiLU(), "Gauss-Hermite quadrature (stax.SiLU)"
+
+
+def elu(alpha: float = 1.0) -> tuple[Layer, str]:
+    return stax.Elu(float(alpha)), ""
+
+
+def selu() -> tuple[Layer, str]:
+    return stax.serial(stax.Elu(SELU_ALPHA), Scale(SELU_SCALE)), "selu(x) = scale * elu(x, alpha)"
+
+
+def celu(alpha: float = 1.0) -> tuple[Layer, str]:
+    a = float(alpha)
+    return stax.serial(Scale(1 / a), stax.Elu(1.0), Scale(a)), "celu(x) = alpha * elu(x / alpha)"
+
+
+def softplus(beta: float = 1.0, threshold: float = 20.0) -> tuple[Layer, str]:
+    note = "Gauss-Hermite quadrature (stax.Softplus); torch's linear tail beyond threshold/beta is not modelled (< 1e-8)"
+    if beta == 1:
+        return stax.Softplus(), note
+    b = float(beta)
+    return stax.serial(Scale(b), stax.Softplus(), Scale(1 / b)), note + "; softplus_beta(x) = softplus(beta x) / beta"
+
+
+def _hardtanh(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return x.clamp(low, high)
+
+
+def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> tuple[Layer, str]:
+    fn = functools.partial(_hardtanh, low=float(min_val), high=float(max_val))
+    layer = _numerical(fn, f"hardtanh[{min_val:g}, {max_val:g}]", KINKED_DEGREE)
+    return layer, f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks: ~1e-4 in the NNGP, ~1e-2 in the NTK)"
+
+
+def relu6() -> tuple[Layer, str]:
+    return hardtanh(0.0, 6.0)
+
+
+def _smooth(fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[], tuple[Layer, str]]:
+    def make() -> tuple[Layer, str]:
+        return _numerical(fn, name, 40), "Gauss-Hermite quadrature, degree 40"
+
+    return make
+
+
+def _kinked(fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[], tuple[Layer, str]]:
+    def make() -> tuple[Layer, str]:
+        return _numerical(fn, name, KINKED_DEGREE), f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks)"
+
+    return make
+
+
+mish = _smooth(F.mish, "mish")
+softsign = _smooth(F.softsign, "softsign")
+hardswish = _kinked(F.hardswish, "hardswish")
+hardsigmoid = _kinked(F.hardsigmoid, "hardsigmoid")
+
+
+def abs_() -> tuple[Layer, str]:
+    return stax.Abs(), ""
+
+
+def sin() -> tuple[Layer, str]:
+    return stax.Sin(), ""
+
+
+def cos() -> tuple[Layer, str]:
+    return stax.Cos(), ""
+
+
+def exp() -> tuple[Layer, str]:
+    return stax.Exp(), ""
+
+
+def erf() -> tuple[Layer, str]:
+    return stax.Erf(), ""
+
+
+def sign() -> tuple[Layer, str]:
+    return stax.Sign(), ""
+
+
+def monomial(degree: int) -> tuple[Layer, str]:
+    return stax.Monomial(degree), ""
+
