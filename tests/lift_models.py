@@ -371,3 +371,222 @@ CASES = [
     Case("gated", Gated, gated_twin, (5,)),
     Case("deconv", deconv, deconv_twin, (3, 6, 6)),
 ]
+
+
+# ====================================================================== more features
+
+
+class _Scaled(stax.Layer):
+    """c · x written out (Σ c², Θ c²), independent of the lift's own scale layer."""
+
+    def __init__(self, c: float) -> None:
+        self.c = c
+
+    def apply(self, params, x, **kw):  # noqa: ANN001, ANN201
+        return self.c * x
+
+    def propagate(self, k, **kw):  # noqa: ANN001, ANN201
+        c2 = self.c**2
+        return k.replace(nngp=k.nngp * c2, ntk=k.ntk * c2, cov1=k.cov1 * c2, cov2=None if k.cov2 is None else k.cov2 * c2)
+
+
+class ViT(nn.Module):
+    """Patches, one single-head attention block written with @ and softmax, mean over patches."""
+
+    def __init__(self, width: int, c: float = 1.5) -> None:
+        super().__init__()
+        self.c = c
+        self.patch = nn.Conv2d(3, width, 2, stride=2)
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.qk = nn.Linear(width, width, bias=False)
+        self.v = nn.Linear(width, width, bias=False)
+        self.o = nn.Linear(width, width)
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (N, L, E)
+        h = self.norm(x)
+        q = self.qk(h)
+        weights = torch.softmax(q @ q.transpose(-2, -1) * (self.c / q.shape[-1]), dim=-1)
+        x = x + self.o(weights @ self.v(h))
+        return self.head(x.mean(1))
+
+
+def vit_twin(width: int, p: str) -> stax.Layer:
+    qk = math.sqrt(1.5) * W
+    attention = stax.GlobalSelfAttention(width, width, width, 1, linear_scaling=True, W_key_std=qk, W_query_std=qk,
+                                         W_value_std=W, W_out_std=W, b_std=bstd(width), channel_axis=-1)
+    # (N, E, 2, 2) patches -> (N, 4, E): a channels-last sequence of the 4 patches in row-major order
+    return stax.serial(
+        conv(width, (2, 2), 12, p, strides=(2, 2), dimension_numbers=("NCHW", "OIHW", "NHWC")),
+        _MergeHW(),
+        stax.FanOut(2),
+        stax.parallel(stax.Identity(), stax.serial(stax.LayerNorm(axis=-1, eps=1e-5, channel_axis=-1), attention)),
+        stax.FanInSum(), stax.GlobalAvgPool(channel_axis=-1), dense(3, width, p),
+    )
+
+
+class _MergeHW(stax.Layer):
+    """(N, H, W, C) -> (N, H·W, C), written out on the full covariances (N1, N2, H, H', W, W')."""
+
+    def output_shape(self, s):  # noqa: ANN001, ANN201
+        return (s[0], s[1] * s[2], s[3])
+
+    def apply(self, params, x, **kw):  # noqa: ANN001, ANN201
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+    def propagate(self, k, **kw):  # noqa: ANN001, ANN201
+        if k.is_reversed:  # the conv stored (W, W', H, H')
+            def fix(t, b):  # noqa: ANN001, ANN202
+                return None if t is None else t.permute(*range(b), b + 2, b + 3, b, b + 1)
+        else:
+            def fix(t, b):  # noqa: ANN001, ANN202
+                return t
+
+        def merge(t, b):  # noqa: ANN001, ANN202
+            if t is None:
+                return None
+            t = fix(t, b)
+            h, w = t.shape[b], t.shape[b + 2]
+            return t.permute(*range(b), b, b + 2, b + 1, b + 3).reshape(*t.shape[:b], h * w, h * w)
+
+        cb = 1 if k.diagonal_batch else 2
+        return k.replace(nngp=merge(k.nngp, 2), ntk=merge(k.ntk, 2), cov1=merge(k.cov1, cb), cov2=merge(k.cov2, cb),
+                         is_reversed=False, channel_axis=2)
+
+
+def sequence(width: int) -> nn.Module:
+    class Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(3, width)
+            self.conv = nn.Conv1d(width, width, 3, padding=1)
+            self.out = nn.Linear(width, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, L, 3)
+            h = self.conv(self.embed(x).transpose(1, 2))  # (N, W, L)
+            return self.out(F.relu(h).transpose(1, 2).mean(1))
+
+    return Seq()
+
+
+def sequence_twin(width: int, p: str) -> stax.Layer:
+    return stax.serial(
+        dense(width, 3, p, channel_axis=-1),
+        conv(width, (3,), 3 * width, p, padding="SAME", dimension_numbers=("NHC", "OIH", "NHC")), stax.Relu(),
+        stax.GlobalAvgPool(channel_axis=-1), dense(2, width, p),
+    )
+
+
+def pools(width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3), nn.ReLU(), nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+        nn.Conv2d(width, width, 1), nn.ReLU(), nn.AvgPool2d(2, divisor_override=3), nn.Flatten(), nn.Linear(width, 2),
+    )
+
+
+def pools_twin(width: int, p: str) -> stax.Layer:
+    return stax.serial(
+        conv(width, (3, 3), 27, p), stax.Relu(), stax.AvgPool((3, 3), (2, 2), ((1, 1), (1, 1)), normalize_edges=True),
+        conv(width, (1, 1), width, p), stax.Relu(), stax.SumPool((2, 2), (2, 2)), _Scaled(1 / 3), stax.Flatten(),
+        dense(2, width, p),
+    )
+
+
+def grouped(width: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 2 * width, 3), nn.ReLU(), nn.Conv2d(2 * width, width, 3, groups=2, padding=1,
+                         padding_mode="circular"), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 2))
+
+
+def grouped_twin(width: int, p: str) -> stax.Layer:
+    # groups=2: each output sees in/2 channels; fan_in = width·9, the same kernel as groups=1
+    return stax.serial(
+        conv(2 * width, (3, 3), 27, p), stax.Relu(),
+        stax.Conv(width, (3, 3), padding="CIRCULAR", W_std=W, b_std=bstd(9 * width), parameterization=p,
+                  s=(2, 1) if p == "standard" else (1, 1)),
+        stax.Relu(), stax.GlobalAvgPool(), dense(2, width, p),
+    )
+
+
+def deconv_dilated(width: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, width, 2), nn.Sigmoid(),
+                         nn.ConvTranspose2d(width, 2 * width, 3, stride=2, padding=2, output_padding=1, dilation=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(2 * width * 36, 2))
+
+
+def deconv_dilated_twin(width: int, p: str) -> stax.Layer:
+    # torch ConvTranspose(k=3, s=2, p=2, op=1, d=2): pads (d(k-1)-p, d(k-1)-p+op) = (2, 3) of the dilated input;
+    # default Var(W) = 1/(3 · out · |k|) and the kernel's fan-in is in · |k|: W_std = √(in / (3 out)).
+    return stax.serial(
+        conv(width, (2, 2), 8, p), stax.Sigmoid(),
+        stax.ConvTranspose(2 * width, (3, 3), strides=(2, 2), padding=((2, 3), (2, 3)), rhs_dilation=(2, 2),
+                           W_std=math.sqrt(width / (3 * 2 * width)), b_std=bstd(2 * width * 9), parameterization=p),
+        stax.Relu(), stax.Flatten(), dense(2, 2 * width * 36, p),
+    )
+
+
+class FlattenFirst(nn.Module):
+    """An activation after flattening, a difference and torch.add(alpha=...)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3)
+        self.a = nn.Linear(width * 4, width)
+        self.b = nn.Linear(width * 4, width)
+        self.c = nn.Linear(width * 4, width)
+        self.out = nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x).view(x.size(0), -1))
+        y = torch.add(self.a(h) - 0.5 * self.b(h), self.c(h), alpha=2.0)
+        return self.out(F.silu(y))
+
+
+def flatten_first_twin(width: int, p: str) -> stax.Layer:
+    f = 4 * width
+    branches = stax.parallel(dense(width, f, p), stax.serial(dense(width, f, p), _Scaled(-0.5)),
+                             stax.serial(dense(width, f, p), _Scaled(2.0)))
+    return stax.serial(conv(width, (3, 3), 27, p), stax.Relu(), stax.Flatten(), stax.FanOut(3), branches,
+                       stax.FanInSum(), stax.SiLU(), dense(2, width, p))
+
+
+def activations(width: int) -> nn.Module:
+    layers: list[nn.Module] = [nn.Linear(4, width)]
+    for a in (nn.Hardtanh(-0.5, 1.0), nn.SELU(), nn.CELU(0.7), nn.Softplus(beta=2.0), nn.Mish(), nn.ReLU6(), nn.Tanh()):
+        layers += [a, nn.Linear(width, width)]
+    return nn.Sequential(*layers[:-1], nn.Linear(width, 2))
+
+
+def activations_twin(width: int, p: str) -> stax.Layer:
+    def numerical(fn, deg):  # noqa: ANN001, ANN202
+        return stax.ElementwiseNumerical(fn, deg)
+
+    acts = [numerical(lambda x: x.clamp(-0.5, 1.0), 120),
+            stax.serial(stax.Elu(1.6732632423543772), _Scaled(1.0507009873554805)),
+            stax.serial(_Scaled(1 / 0.7), stax.Elu(1.0), _Scaled(0.7)),
+            stax.serial(_Scaled(2.0), stax.Softplus(), _Scaled(0.5)),
+            numerical(F.mish, 40), numerical(lambda x: x.clamp(0.0, 6.0), 120), stax.Tanh()]
+    layers: list[stax.Layer] = [dense(width, 4, p)]
+    for a in acts:
+        layers += [a, dense(width, width, p)]
+    return stax.serial(*layers[:-1], dense(2, width, p))
+
+
+def dropout_train(width: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(5, width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(width, 2))
+
+
+def dropout_train_twin(width: int, p: str) -> stax.Layer:
+    return stax.serial(dense(width, 5, p), stax.Relu(), stax.Dropout(0.8), dense(2, width, p))
+
+
+FEATURE_CASES = [
+    Case("vit", ViT, vit_twin, (3, 4, 4), params=("ntk",)),
+    Case("sequence", sequence, sequence_twin, (5, 3)),
+    Case("pools", pools, pools_twin, (3, 8, 7)),
+    Case("grouped", grouped, grouped_twin, (3, 6, 5)),
+    Case("deconv_dilated", deconv_dilated, deconv_dilated_twin, (2, 4, 4)),
+    Case("flatten_first", FlattenFirst, flatten_first_twin, (3, 4, 4)),
+    Case("activations", activations, activations_twin, (4,)),
+    Case("dropout_train", dropout_train, dropout_train_twin, (5,), eval=False),
+]

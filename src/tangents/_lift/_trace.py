@@ -67,7 +67,14 @@ class _Tracer(fx.Tracer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.record_stack_traces = True
+        #: node name -> the user's source line (torch's own stack traces import the compiler stack)
+        self.lines: dict[str, str] = {}
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if node.op not in ("placeholder", "output", "get_attr"):
+            self.lines[node.name] = _user_line(traceback.extract_stack(limit=40))
+        return node
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, _CONTAINERS):
@@ -123,26 +130,9 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Traced:
             paths[node.name] = str(node.target)
         else:
             paths[node.name] = next(reversed(stack.values()))[0] if stack else ""
-        trace_text = node.stack_trace or ""
-        lines[node.name] = _line_of(trace_text)
+        lines[node.name] = tracer.lines.get(node.name, "")
     values = _example_values(module, inputs)
     return Traced(graph=graph, module=module, paths=paths, lines=lines, values=values)
-
-
-def _line_of(stack_trace: str) -> str:
-    """The last ``File "...", line n`` frame of an fx stack trace, as ``file.py:n  code``."""
-    rows = [r for r in stack_trace.strip().splitlines() if r.strip()]
-    for i in range(len(rows) - 1, -1, -1):
-        row = rows[i].strip()
-        if row.startswith('File "'):
-            try:
-                name = row.split('"')[1]
-                number = row.split("line ")[1].split(",")[0]
-            except IndexError:
-                return ""
-            code = rows[i + 1].strip() if i + 1 < len(rows) else ""
-            return f"{os.path.basename(name)}:{number}  {code}"
-    return ""
 
 
 class _Recorder(fx.Interpreter):
