@@ -27,8 +27,10 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 
-def _numerical(fn: Callable[[torch.Tensor], torch.Tensor], name: str, deg: int) -> Layer:
-    layer = stax.ElementwiseNumerical(fn, deg)
+def _numerical(
+    fn: Callable[[torch.Tensor], torch.Tensor], df: Callable[[torch.Tensor], torch.Tensor], name: str, deg: int
+) -> Layer:
+    layer = stax.ElementwiseNumerical(fn, deg, df)
     layer.display_name = f"ElementwiseNumerical({name}, deg={deg})"
     return layer
 
@@ -84,9 +86,15 @@ def _hardtanh(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return x.clamp(low, high)
 
 
+def _hardtanh_derivative(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return ((x > low) & (x < high)).to(x.dtype)
+
+
 def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> tuple[Layer, str]:
-    fn = functools.partial(_hardtanh, low=float(min_val), high=float(max_val))
-    layer = _numerical(fn, f"hardtanh[{min_val:g}, {max_val:g}]", KINKED_DEGREE)
+    low, high = float(min_val), float(max_val)
+    fn = functools.partial(_hardtanh, low=low, high=high)
+    df = functools.partial(_hardtanh_derivative, low=low, high=high)
+    layer = _numerical(fn, df, f"hardtanh[{min_val:g}, {max_val:g}]", KINKED_DEGREE)
     return layer, f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks: ~1e-4 in the NNGP, ~1e-2 in the NTK)"
 
 
@@ -94,24 +102,46 @@ def relu6() -> tuple[Layer, str]:
     return hardtanh(0.0, 6.0)
 
 
-def _smooth(fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[], tuple[Layer, str]]:
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _smooth(fn: Fn, df: Fn, name: str) -> Callable[[], tuple[Layer, str]]:
     def make() -> tuple[Layer, str]:
-        return _numerical(fn, name, 40), "Gauss-Hermite quadrature, degree 40"
+        return _numerical(fn, df, name, 40), "Gauss-Hermite quadrature, degree 40"
 
     return make
 
 
-def _kinked(fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[], tuple[Layer, str]]:
+def _kinked(fn: Fn, df: Fn, name: str) -> Callable[[], tuple[Layer, str]]:
     def make() -> tuple[Layer, str]:
-        return _numerical(fn, name, KINKED_DEGREE), f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks)"
+        return _numerical(fn, df, name, KINKED_DEGREE), f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks)"
 
     return make
 
 
-mish = _smooth(F.mish, "mish")
-softsign = _smooth(F.softsign, "softsign")
-hardswish = _kinked(F.hardswish, "hardswish")
-hardsigmoid = _kinked(F.hardsigmoid, "hardsigmoid")
+def _mish_derivative(x: torch.Tensor) -> torch.Tensor:
+    t = torch.tanh(F.softplus(x))
+    return t + x * (1 - t**2) * torch.sigmoid(x)
+
+
+def _softsign_derivative(x: torch.Tensor) -> torch.Tensor:
+    return 1 / (1 + x.abs()) ** 2
+
+
+def _hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
+    middle = (2 * x + 3) / 6
+    return torch.where(x <= -3, torch.zeros_like(x), torch.where(x >= 3, torch.ones_like(x), middle))
+
+
+def _hardsigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
+    return ((x > -3) & (x < 3)).to(x.dtype) / 6
+
+
+# derivatives given: forward-mode autodiff of these would import torch's jit-scripted decompositions
+mish = _smooth(F.mish, _mish_derivative, "mish")
+softsign = _smooth(F.softsign, _softsign_derivative, "softsign")
+hardswish = _kinked(F.hardswish, _hardswish_derivative, "hardswish")
+hardsigmoid = _kinked(F.hardsigmoid, _hardsigmoid_derivative, "hardsigmoid")
 
 
 def abs_() -> tuple[Layer, str]:

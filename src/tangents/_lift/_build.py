@@ -74,6 +74,7 @@ class Builder:
         return LiftError(f"from_torch: {op or self._op} at {self.where()}: {why} {fix}")
 
     def unsupported(self, why: str, alternative: str, op: str | None = None) -> LiftError:
+        why = why.rstrip(".") + "."
         return self.fail(f"has no infinite-width kernel here: {why}", f"Nearest supported: {alternative}", op)
 
     # ------------------------------------------------------------------ nodes
@@ -106,7 +107,7 @@ class Builder:
             root=index if root is None else root,
             flat=flat,
             kernel_channel=kernel_channel,
-            made_by=f"{self._op} at {self.where()}",
+            made_by=f"{self._op} at `{self.path or '<model>'}`",
         )
 
     def tensor(self, value: Any, what: str = "its input") -> Value:
@@ -494,6 +495,8 @@ def _op_name(node: fx.Node, traced: Traced) -> str:
         if len(text) > 80:
             text = text[:77] + "..."
         name = type(module).__name__
+        if text.endswith("("):  # a container-like repr over several lines
+            text = name
         prefix = "nn." if type(module).__module__.startswith("torch.nn.") else ""
         return prefix + (text if text.startswith(name) else name)
     if node.op == "call_method":
@@ -506,7 +509,7 @@ def _op_name(node: fx.Node, traced: Traced) -> str:
         return f"`{symbols[target]}`"
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__name__", repr(target))
-    if module.startswith("torch.nn.functional"):
+    if module.startswith("torch.nn.functional") or getattr(torch.nn.functional, name, None) is target:
         return f"F.{name}"
     if module.startswith("torch") or module == "":
         return f"torch.{name}"

@@ -110,8 +110,10 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Traced:
             a tensor, ...), naming the module and the line.
     """
     tracer = _Tracer()
+    # a model that is itself a leaf (nn.TransformerEncoderLayer, ...) is traced as a call of it
+    root = nn.Sequential(model) if tracer.is_leaf_module(model, "") else model
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(root)
     except LiftError:
         raise
     except Exception as error:  # torch.fx raises many kinds; say where and why once
@@ -121,15 +123,26 @@ def trace(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Traced:
             f"{type(error).__name__}: {error}. from_torch needs a forward pass without Python control "
             f"flow on tensors; rewrite that part, or lift a submodule without it."
         ) from error
+    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+    for extra in placeholders[1:]:
+        if not extra.args:  # no default value
+            raise LiftError(
+                f"from_torch: {type(model).__name__}.forward takes several tensor inputs ({extra.name!r} is the "
+                f"second); lifted networks take one input tensor. Lift a model of one input (concatenate the "
+                f"inputs, or wrap the model with the others fixed)."
+            )
     module = fx.GraphModule(tracer.root, graph, type(model).__name__)
     paths: dict[str, str] = {}
     lines: dict[str, str] = {}
     for node in graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         if node.op == "call_module":
-            paths[node.name] = str(node.target)
+            path = str(node.target)
         else:
-            paths[node.name] = next(reversed(stack.values()))[0] if stack else ""
+            path = next(reversed(stack.values()))[0] if stack else ""
+        if root is not model:  # the wrapper's "0" is the model itself
+            path = path[2:] if path.startswith("0.") else ""
+        paths[node.name] = path
         lines[node.name] = tracer.lines.get(node.name, "")
     values = _example_values(module, inputs)
     return Traced(graph=graph, module=module, paths=paths, lines=lines, values=values)

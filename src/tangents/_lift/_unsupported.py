@@ -105,6 +105,15 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "prelu": MODULES[nn.PReLU],
     "glu": MODULES[nn.GLU],
     "multi_head_attention_forward": MODULES[nn.MultiheadAttention],
+    "long": (
+        "casting activations to integers makes indices (for an embedding lookup), which have no Gaussian limit",
+        "one-hot float inputs followed by nn.Linear(vocabulary, d, bias=False).",
+    ),
+    "int": (
+        "casting activations to integers makes indices (for an embedding lookup), which have no Gaussian limit",
+        "one-hot float inputs followed by nn.Linear(vocabulary, d, bias=False).",
+    ),
+    "stack": ("stacking tensors along a new axis is not mapped", "torch.cat along the channel axis."),
 }
 
 
