@@ -441,6 +441,7 @@ class _Conv(Layer):
                 f"{spatial_ndim if k.diagonal_spatial else spatial_ndim // 2}; check dimension_numbers "
                 f"(tangents defaults to channels-first (N, C, H, W))."
             )
+        self._spatial_out(self._check_shape(k.shape1))  # a filter too wide for the input: a clear error
         # filter and strides in the kernel's storage order
         perm = [self._filter_letters.index(c) for c in self._in_letters]
         filt = tuple(self.filter_shape[p] for p in perm)
