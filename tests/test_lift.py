@@ -147,7 +147,7 @@ def test_print_shows_parameterization_paths_and_how_stds_were_read():
     case = [c for c in ALL if c.id == "resnet"][0]
     model, x = _model(case), _inputs(case, 2, 7)
     text = repr(from_torch(model, x, "ntk"))
-    assert text.startswith("from_torch(ResNet): ") and "parameterization='ntk'" in text
+    assert text.startswith("from_torch(ResNet), parameterization='ntk': 20 layers")
     assert "at `layer2.0.shortcut`" in text and "FanInSum" in text
     assert "W_std=0.57735 [torch default init" in text
     assert f"b_std={1 / math.sqrt(3 * 27):.6g} [torch default init" in text

@@ -10,6 +10,7 @@ no rewriting. The network is a `tangents.stax.Layer`: ``kernel_fn``, ``init_fn``
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,18 +139,26 @@ class LiftedNetwork(Layer):
 
     def __repr__(self) -> str:
         lines = [
-            f"from_torch({self.model_name}): {len(self.nodes)} layers, parameterization={self.parameterization!r}",
+            f"from_torch({self.model_name}), parameterization={self.parameterization!r}: {len(self.nodes)} layers "
+            f"(W_std, b_std as read from the model at its widths)",
             f"  [0] input {_shape(self.input_shape)}, channels on axis {self.input_channel_axis}",
         ]
-        names = ["input"] + [node.name for node in self.nodes]
         for i, node in enumerate(self.nodes, start=1):
             args = ", ".join(f"[{j}]" for j in node.inputs)
-            where = f"  <- {node.torch_op}" + (f" at `{node.path}`" if node.path else "")
-            lines.append(f"  [{i}] {node.name} = {node.layer!r}({args}){where}")
+            lines.append(f"  [{i}] {_compact(repr(node.layer))}  <- {args}")
+            lines.append(f"        from {node.torch_op}" + (f" at `{node.path}`" if node.path else ""))
             for note in node.notes:
                 lines.append(f"        {note}")
-        lines.append(f"  output: [{self.output}] {names[self.output]}")
+        lines.append(f"  output: [{self.output}]")
         return "\n".join(lines)
+
+
+def _compact(text: str) -> str:
+    """A layer's repr with default layouts dropped and floats to 6 significant digits."""
+    text = text.replace("dimension_numbers=('NCHW', 'OIHW', 'NCHW'), ", "")
+    text = text.replace("dimension_numbers=('NCH', 'OIH', 'NCH'), ", "")
+    text = text.replace("dimension_numbers=('NCHWD', 'OIHWD', 'NCHWD'), ", "")
+    return re.sub(r"\d+\.\d+(e-?\d+)?", lambda m: f"{float(m.group(0)):.6g}", text)
 
 
 def describe(node: Node) -> str:
