@@ -565,12 +565,12 @@ def activations_twin(width: int, p: str) -> stax.Layer:
         t = torch.tanh(F.softplus(x))
         return t + x * (1 - t**2) * torch.sigmoid(x)
 
-    acts = [numerical(lambda x: x.clamp(-0.5, 1.0), 120, lambda x: ((x > -0.5) & (x < 1.0)).to(x.dtype)),
+    acts = [stax.Hardtanh(-0.5, 1.0),
             stax.serial(stax.Elu(1.6732632423543772), _Scaled(1.0507009873554805)),
             stax.serial(_Scaled(1 / 0.7), stax.Elu(1.0), _Scaled(0.7)),
             stax.serial(_Scaled(2.0), stax.Softplus(), _Scaled(0.5)),
             numerical(F.mish, 40, mish_derivative),
-            numerical(lambda x: x.clamp(0.0, 6.0), 120, lambda x: ((x > 0) & (x < 6)).to(x.dtype)), stax.Tanh()]
+            stax.Hardtanh(0.0, 6.0), stax.Tanh()]
     layers: list[stax.Layer] = [dense(width, 4, p)]
     for a in acts:
         layers += [a, dense(width, width, p)]

@@ -3,14 +3,14 @@
 Each entry maps a torch activation (module or function) with its arguments to a stax layer
 and a note for ``print``. Smooth activations without a closed form (Tanh, Sigmoid, SiLU,
 Softplus, Mish) use stax's Gauss–Hermite layers (`stax.ElementwiseNumerical`, accurate to
-~1e-7 for pre-activation variances up to 1, see their docstrings); the piecewise-linear
-Hardtanh / ReLU6 / Hardswish / Hardsigmoid use it with `KINKED_DEGREE` nodes, whose error
-falls only slowly (kinks): about 1e-4 in T and 1e-2 in Ṫ (stated in ``print``).
+~1e-7 for pre-activation variances up to 1, see their docstrings). Hardtanh and ReLU6 use
+`stax.Hardtanh` (closed-form conditional expectation, near machine precision); the
+piecewise-linear Hardswish / Hardsigmoid use Gauss–Hermite with `KINKED_DEGREE` nodes,
+whose error falls only slowly (kinks): about 1e-4 in T and 1e-2 in Ṫ (stated in ``print``).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -82,20 +82,8 @@ def softplus(beta: float = 1.0, threshold: float = 20.0) -> tuple[Layer, str]:
     return stax.serial(Scale(b), stax.Softplus(), Scale(1 / b)), note + "; softplus_beta(x) = softplus(beta x) / beta"
 
 
-def _hardtanh(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    return x.clamp(low, high)
-
-
-def _hardtanh_derivative(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    return ((x > low) & (x < high)).to(x.dtype)
-
-
 def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> tuple[Layer, str]:
-    low, high = float(min_val), float(max_val)
-    fn = functools.partial(_hardtanh, low=low, high=high)
-    df = functools.partial(_hardtanh_derivative, low=low, high=high)
-    layer = _numerical(fn, df, f"hardtanh[{min_val:g}, {max_val:g}]", KINKED_DEGREE)
-    return layer, f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks: ~1e-4 in the NNGP, ~1e-2 in the NTK)"
+    return stax.Hardtanh(float(min_val), float(max_val)), ""
 
 
 def relu6() -> tuple[Layer, str]:

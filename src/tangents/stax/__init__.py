@@ -55,6 +55,7 @@ from ._custom import SiLU as SiLU
 from ._custom import Sigmoid as Sigmoid
 from ._custom import Softplus as Softplus
 from ._custom import Tanh as Tanh
+from ._hardtanh import Hardtanh as Hardtanh
 
 # Normalization and dropout
 from ._dropout import Dropout as Dropout
