@@ -585,6 +585,46 @@ def dropout_train_twin(width: int, p: str) -> stax.Layer:
     return stax.serial(dense(width, 5, p), stax.Relu(), stax.Dropout(0.8), dense(2, width, p))
 
 
+# ---------------------------------------------------------------------- 3-D convolutions, 1-D transposed convolution
+
+_NCHWD = ("NCHWD", "OIHWD", "NCHWD")
+
+
+def volumetric(width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv3d(2, width, (3, 3, 2), padding=1), nn.ReLU(), nn.AvgPool3d(2),
+        nn.Conv3d(width, width, 2), nn.SiLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(width, 2),
+    )
+
+
+def volumetric_twin(width: int, p: str) -> stax.Layer:
+    return stax.serial(
+        conv(width, (3, 3, 2), 2 * 18, p, padding=((1, 1),) * 3, dimension_numbers=_NCHWD), stax.Relu(),
+        stax.AvgPool((2, 2, 2), (2, 2, 2), channel_axis=1),
+        conv(width, (2, 2, 2), 8 * width, p, dimension_numbers=_NCHWD), stax.SiLU(),
+        stax.GlobalAvgPool(channel_axis=1), dense(2, width, p),
+    )
+
+
+def deconv1d(width: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(3, width, 3), nn.ReLU(), nn.ConvTranspose1d(width, width, 4, stride=2, padding=1, output_padding=1),
+        nn.GELU(), nn.AvgPool1d(3, stride=2, padding=1), nn.Flatten(), nn.Linear(width * 6, 2),
+    )
+
+
+def deconv1d_twin(width: int, p: str) -> stax.Layer:
+    # ConvTranspose1d(k=4, s=2, p=1, output_padding=1): pads the stride-dilated input by
+    # (k-1-p, k-1-p+output_padding) = (2, 3); torch's fan_in for its (in, out, k) weight is out·k
+    return stax.serial(
+        conv(width, (3,), 9, p), stax.Relu(),
+        stax.ConvTranspose(width, (4,), strides=(2,), padding=((2, 3),), W_std=W, b_std=bstd(4 * width),
+                           parameterization=p),
+        stax.Gelu(), stax.AvgPool((3,), (2,), padding=((1, 1),), channel_axis=1), stax.Flatten(),
+        dense(2, 6 * width, p),
+    )
+
+
 FEATURE_CASES = [
     Case("vit", ViT, vit_twin, (3, 4, 4), params=("ntk",)),
     Case("sequence", sequence, sequence_twin, (5, 3)),
@@ -594,4 +634,6 @@ FEATURE_CASES = [
     Case("flatten_first", FlattenFirst, flatten_first_twin, (3, 4, 4)),
     Case("activations", activations, activations_twin, (4,)),
     Case("dropout_train", dropout_train, dropout_train_twin, (5,), eval=False),
+    Case("volumetric", volumetric, volumetric_twin, (2, 4, 4, 3)),
+    Case("deconv1d", deconv1d, deconv1d_twin, (3, 7)),
 ]
