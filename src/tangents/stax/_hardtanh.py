@@ -81,7 +81,9 @@ class Hardtanh(Activation):
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return x.clamp(self.lo, self.hi)
 
-    def _conditional(self, m: torch.Tensor, s: torch.Tensor, need_derivative: bool):  # noqa: ANN202
+    def _conditional(
+        self, m: torch.Tensor, s: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(E[clip(v) | u], E[clip'(v) | u] or None)`` for v | u ~ N(m, s²); s = 0 exact."""
         positive = s > 0
         s_safe = torch.where(positive, s, torch.ones_like(s))
@@ -96,24 +98,32 @@ class Hardtanh(Activation):
         inside = ((m > self.lo) & (m < self.hi)).to(m.dtype)
         return value, torch.where(positive, cdf_b - cdf_a, inside)
 
-    def expectations(self, cov12, var1, var2, need_derivative):  # noqa: ANN001, ANN201
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(T, Ṫ)`` elementwise for covariances ``cov12`` and variances ``var1``, ``var2`` (broadcast)."""
         cov12, var1, var2 = torch.broadcast_tensors(cov12, var1, var2)
         shape = cov12.shape
         c, q11, q22 = (t.reshape(-1) for t in (cov12, var1, var2))
         x, w = (torch.as_tensor(a, dtype=cov12.dtype, device=cov12.device) for a in _smoothstep_nodes(self.deg))
         chunk = max(1, _CHUNK // (_PIECES * self.deg))
-        ts, tdots = [], []
+        ts: list[torch.Tensor] = []
+        tdots: list[torch.Tensor] = []
         for start in range(0, c.numel(), chunk):
             t, tdot = self._integrate(c[start : start + chunk], q11[start : start + chunk],
                                       q22[start : start + chunk], x, w, need_derivative)
             ts.append(t)
-            tdots.append(tdot)
+            if tdot is not None:
+                tdots.append(tdot)
         t = torch.cat(ts).reshape(shape) if ts else cov12.new_zeros(shape)
         if not need_derivative:
             return t, None
         return t, (torch.cat(tdots).reshape(shape) if tdots else cov12.new_zeros(shape))
 
-    def _integrate(self, c, q11, q22, x, w, need_derivative):  # noqa: ANN001, ANN202
+    def _integrate(
+        self, c: torch.Tensor, q11: torch.Tensor, q22: torch.Tensor, x: torch.Tensor, w: torch.Tensor,
+        need_derivative: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """T and Ṫ of flat ``(m,)`` entries: the outer integral over u in `_PIECES` pieces."""
         root = safe_sqrt(q11)
         edge = _Z_MAX * root
