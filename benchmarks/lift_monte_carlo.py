@@ -14,7 +14,7 @@ lifted kernels in the standard parameterization. Per width it prints
 and the slope of log rms against log n. Results go to ``benchmarks/results/lift_monte_carlo.json``
 with the git revision measured. Accuracy numbers only (no timings): valid on a shared machine.
 
-    .venv/bin/python benchmarks/lift_monte_carlo.py                 # about 20 minutes on 2 cores
+    .venv/bin/python benchmarks/lift_monte_carlo.py                 # about 10 minutes (one thread)
     .venv/bin/python benchmarks/lift_monte_carlo.py --small         # a 2-minute check of the script
 """
 
