@@ -119,3 +119,45 @@ def test_bad_arguments_name_the_fix():
         stax.Hardtanh(deg=1)
     with pytest.raises((ValueError, TypeError), match=r"Hardtanh.*min_val"):
         stax.Hardtanh(float("nan"), 1.0)
+
+
+def _hardsigmoid_scipy(v1: float, v2: float, c: float) -> tuple[float, float]:
+    """E[hs(u) hs(v)] and E[hs'(u) hs'(v)], hs(x) = clip(x/6 + ½, 0, 1), by adaptive quad.
+
+    Written directly for hs: given u, w = v/6 + ½ ~ N(m/6 + ½, s²/36), clipped to [0, 1].
+    """
+    sd = math.sqrt(v1)
+    s = math.sqrt(max(v2 - c * c / v1, 0.0)) / 6
+
+    def inner(u: float) -> tuple[float, float]:
+        m = c / v1 * u / 6 + 0.5
+        a, b = -m / s, (1 - m) / s
+        mass = stats.norm.cdf(b) - stats.norm.cdf(a)
+        g = stats.norm.sf(b) + m * mass + s * (stats.norm.pdf(a) - stats.norm.pdf(b))
+        density = stats.norm.pdf(u, scale=sd)
+        return density * min(max(u / 6 + 0.5, 0.0), 1.0) * g, density * (-3 < u < 3) / 36 * mass
+
+    edge = 12 * sd
+    points = sorted(p for p in (-3.0, 3.0, -3 * v1 / c, 3 * v1 / c) if -edge < p < edge)
+    kw = dict(points=points, limit=400, epsabs=1e-14, epsrel=1e-13)
+    return (integrate.quad(lambda u: inner(u)[0], -edge, edge, **kw)[0],
+            integrate.quad(lambda u: inner(u)[1], -edge, edge, **kw)[0])
+
+
+@pytest.mark.parametrize(("v1", "v2", "rho"), [(0.5, 2.0, 0.3), (4.0, 9.0, -0.8), (20.0, 15.0, 0.99)])
+def test_lifted_hardsigmoid_is_shifted_hardtanh_in_closed_form(v1, v2, rho):  # noqa: ANN001
+    from torch import nn
+
+    from tangents.lift import from_torch
+
+    layer = from_torch(nn.Sequential(nn.Linear(3, 4), nn.Hardsigmoid(), nn.Linear(4, 1)), torch.randn(2, 3)).nodes[1].layer
+    assert repr(layer) == "Hardsigmoid()"
+    c = rho * math.sqrt(v1 * v2)
+    t, tdot = layer.expectations(torch.tensor(c), torch.tensor(v1), torch.tensor(v2), True)
+    t_ref, tdot_ref = _hardsigmoid_scipy(v1, v2, c)
+    # measured ≤ 6e-16 (T of order 0.3) and ≤ 1e-16 (Ṫ ≤ 1/36); the Gauss–Hermite quadrature
+    # it replaces erred by ~1e-4 and ~1e-2 relative
+    assert abs(t.item() - t_ref) <= 1e-13
+    assert abs(tdot.item() - tdot_ref) <= 1e-13
+    x = torch.tensor([-4.0, 0.0, 1.5, 4.0])
+    assert torch.equal(layer.fn(x), torch.nn.functional.hardsigmoid(x))

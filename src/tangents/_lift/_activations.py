@@ -4,9 +4,10 @@ Each entry maps a torch activation (module or function) with its arguments to a 
 and a note for ``print``. Smooth activations without a closed form (Tanh, Sigmoid, SiLU,
 Softplus, Mish) use stax's Gauss–Hermite layers (`stax.ElementwiseNumerical`, accurate to
 ~1e-7 for pre-activation variances up to 1, see their docstrings). Hardtanh and ReLU6 use
-`stax.Hardtanh` (closed-form conditional expectation, near machine precision); the
-piecewise-linear Hardswish / Hardsigmoid use Gauss–Hermite with `KINKED_DEGREE` nodes,
-whose error falls only slowly (kinks): about 1e-4 in T and 1e-2 in Ṫ (stated in ``print``).
+`stax.Hardtanh` (closed-form conditional expectation, near machine precision), and so does
+Hardsigmoid, (clip(x, −3, 3) + 3)/6; Hardswish uses Gauss–Hermite with `KINKED_DEGREE`
+nodes, whose error falls only slowly (kinks): about 1e-4 in T and 1e-2 in Ṫ (stated in
+``print``).
 """
 
 from __future__ import annotations
@@ -121,15 +122,43 @@ def _hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= -3, torch.zeros_like(x), torch.where(x >= 3, torch.ones_like(x), middle))
 
 
-def _hardsigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
-    return ((x > -3) & (x < 3)).to(x.dtype) / 6
-
-
 # derivatives given: forward-mode autodiff of these would import torch's jit-scripted decompositions
 mish = _smooth(F.mish, _mish_derivative, "mish")
 softsign = _smooth(F.softsign, _softsign_derivative, "softsign")
 hardswish = _kinked(F.hardswish, _hardswish_derivative, "hardswish")
-hardsigmoid = _kinked(F.hardsigmoid, _hardsigmoid_derivative, "hardsigmoid")
+
+
+class Hardsigmoid(stax.Hardtanh):
+    r"""``hardsigmoid(x) = clip(x/6 + ½, 0, 1) = (h(x) + 3)/6`` with ``h = clip(·, −3, 3)``.
+
+    h is odd, so E[h(u)] = 0 and, for centred Gaussian (u, v),
+
+        T = E[hardsigmoid(u) hardsigmoid(v)] = (T_h + 9) / 36,    Ṫ = Ṫ_h / 36,
+
+    with T_h, Ṫ_h those of `stax.Hardtanh(-3, 3)` (near machine precision).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(-3.0, 3.0)
+
+    def __repr__(self) -> str:
+        return "Hardsigmoid()"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardsigmoid(x)
+
+    def expectations(
+        self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t, tdot = super().expectations(cov12, var1, var2, need_derivative)
+        return (t + 9) / 36, None if tdot is None else tdot / 36
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        return (super().expectation_diagonal(var) + 9) / 36
+
+
+def hardsigmoid() -> tuple[Layer, str]:
+    return Hardsigmoid(), "(hardtanh(x, -3, 3) + 3) / 6: closed form via stax.Hardtanh"
 
 
 def abs_() -> tuple[Layer, str]:
