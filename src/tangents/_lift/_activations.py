@@ -5,13 +5,13 @@ and a note for ``print``. Smooth activations without a closed form (Tanh, Sigmoi
 Softplus, Mish) use stax's Gauss–Hermite layers (`stax.ElementwiseNumerical`, accurate to
 ~1e-7 for pre-activation variances up to 1, see their docstrings). Hardtanh and ReLU6 use
 `stax.Hardtanh` (closed-form conditional expectation, near machine precision), and so does
-Hardsigmoid, (clip(x, −3, 3) + 3)/6; Hardswish uses Gauss–Hermite with `KINKED_DEGREE`
-nodes, whose error falls only slowly (kinks): about 1e-4 in T and 1e-2 in Ṫ (stated in
-``print``).
+Hardsigmoid, (clip(x, −3, 3) + 3)/6, and Hardswish (the same kinks, a closed-form
+conditional expectation of its quadratic middle piece).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -20,9 +20,6 @@ import torch.nn.functional as F
 from .. import stax
 from ..stax import Layer
 from ._layers import Scale
-
-#: Gauss–Hermite nodes per dimension for piecewise-linear activations (kinks converge slowly).
-KINKED_DEGREE = 120
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -101,13 +98,6 @@ def _smooth(fn: Fn, df: Fn, name: str) -> Callable[[], tuple[Layer, str]]:
     return make
 
 
-def _kinked(fn: Fn, df: Fn, name: str) -> Callable[[], tuple[Layer, str]]:
-    def make() -> tuple[Layer, str]:
-        return _numerical(fn, df, name, KINKED_DEGREE), f"Gauss-Hermite quadrature of degree {KINKED_DEGREE} (kinks)"
-
-    return make
-
-
 def _mish_derivative(x: torch.Tensor) -> torch.Tensor:
     t = torch.tanh(F.softplus(x))
     return t + x * (1 - t**2) * torch.sigmoid(x)
@@ -125,7 +115,65 @@ def _hardswish_derivative(x: torch.Tensor) -> torch.Tensor:
 # derivatives given: forward-mode autodiff of these would import torch's jit-scripted decompositions
 mish = _smooth(F.mish, _mish_derivative, "mish")
 softsign = _smooth(F.softsign, _softsign_derivative, "softsign")
-hardswish = _kinked(F.hardswish, _hardswish_derivative, "hardswish")
+
+
+class Hardswish(stax.Hardtanh):
+    r"""``hardswish(x) = x · clip(x + 3, 0, 6) / 6``: 0 below −3, x(x + 3)/6 on [−3, 3], x above 3.
+
+    As `stax.Hardtanh` (kinks lo, hi = −3, 3): the conditional expectation given u is in
+    closed form, from the truncated moments of v | u ~ N(m, s²) (a = (−3 − m)/s,
+    b = (3 − m)/s, P = Φ(b) − Φ(a), Z standard normal):
+
+        E[Z 1] = ϕ(a) − ϕ(b),   E[Z² 1] = P + a ϕ(a) − b ϕ(b)   (1 = 1{a < Z < b}),
+        E[hardswish(v)]  = (E[v² 1] + 3 E[v 1]) / 6 + m (1 − Φ(b)) + s ϕ(b),
+        E[hardswish'(v)] = (2 E[v 1] + 3 P) / 6 + 1 − Φ(b),
+
+    and the outer integral over u is the same piecewise Gauss–Legendre rule.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(-3.0, 3.0)
+
+    def __repr__(self) -> str:
+        return "Hardswish()"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardswish(x)
+
+    def _outer(self, u: torch.Tensor) -> torch.Tensor:
+        return F.hardswish(u)
+
+    def _outer_derivative(self, u: torch.Tensor) -> torch.Tensor:
+        return _hardswish_derivative(u)
+
+    def _conditional(
+        self, m: torch.Tensor, s: torch.Tensor, need_derivative: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        positive = s > 0
+        s_safe = torch.where(positive, s, torch.ones_like(s))
+        a, b = (-3 - m) / s_safe, (3 - m) / s_safe
+        cdf_a, cdf_b = torch.special.ndtr(a), torch.special.ndtr(b)
+        pdf_a = torch.exp(-(a**2) / 2) / math.sqrt(2 * math.pi)
+        pdf_b = torch.exp(-(b**2) / 2) / math.sqrt(2 * math.pi)
+        mass = cdf_b - cdf_a
+        z1 = pdf_a - pdf_b
+        z2 = mass + a * pdf_a - b * pdf_b
+        v1 = m * mass + s * z1  # E[v 1{-3 < v < 3}]
+        v2 = m**2 * mass + 2 * m * s * z1 + s**2 * z2  # E[v² 1{-3 < v < 3}]
+        above = 1 - cdf_b
+        smooth = (v2 + 3 * v1) / 6 + m * above + s * pdf_b
+        value = torch.where(positive, smooth, F.hardswish(m))
+        if not need_derivative:
+            return value, None
+        return value, torch.where(positive, (2 * v1 + 3 * mass) / 6 + above, _hardswish_derivative(m))
+
+    def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
+        """E[hardswish(u)²]: the outer integral at correlation 1 (the conditional is exact there)."""
+        return self.expectations(var, var, var, False)[0]
+
+
+def hardswish() -> tuple[Layer, str]:
+    return Hardswish(), "closed-form conditional expectation, piecewise Gauss-Legendre (as stax.Hardtanh)"
 
 
 class Hardsigmoid(stax.Hardtanh):

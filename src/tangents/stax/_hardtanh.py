@@ -146,11 +146,20 @@ class Hardtanh(Activation):
         weight = width[..., None] * w * torch.exp(-safe_divide(u**2, 2 * q11[:, None, None])) / (
             math.sqrt(2 * math.pi) * root.clamp_min(1e-300)[:, None, None])
         g, h = self._conditional(slope[:, None, None] * u, s[:, None, None].expand_as(u), need_derivative)
-        t = (weight * u.clamp(self.lo, self.hi) * g).sum((-1, -2))
+        t = (weight * self._outer(u) * g).sum((-1, -2))
         if not need_derivative:
             return t, None
-        inside = ((u > self.lo) & (u < self.hi)).to(u.dtype)
-        return t, (weight * inside * h).sum((-1, -2))
+        return t, (weight * self._outer_derivative(u) * h).sum((-1, -2))
+
+    # Subclasses with the same kinks (lo, hi) and a closed-form conditional override these three.
+
+    def _outer(self, u: torch.Tensor) -> torch.Tensor:
+        """φ(u) in the outer integral."""
+        return u.clamp(self.lo, self.hi)
+
+    def _outer_derivative(self, u: torch.Tensor) -> torch.Tensor:
+        """φ'(u) in the outer integral."""
+        return ((u > self.lo) & (u < self.hi)).to(u.dtype)
 
     def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
         """E[clip(u)²] for u ~ N(0, v), in closed form."""
