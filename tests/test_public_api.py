@@ -17,7 +17,7 @@ PUBLIC: dict[str, set[str]] = {
         "Kernel", "stax", "batch", "predict", "empirical", "NtkImplementation", "empirical_kernel_fn",
         "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn", "linearize", "taylor_expand",
         "monte_carlo_kernel_fn", "__version__", "store", "compute_kernel", "KernelStore",
-        "evidence", "plot",
+        "evidence", "plot", "from_torch",
     },
     "tangents.predict": {
         "Gaussian", "ODEState", "PredictFn", "PredictFnODE", "gp_inference", "gradient_descent",
@@ -40,6 +40,7 @@ PUBLIC: dict[str, set[str]] = {
         "DEFAULT_CIRCLE_WIDTHS", "DEFAULT_WIDTHS", "LR_FRACTION", "N_ANGLES", "EvidenceError",
         "EvidenceReport", "default_network", "run",
     },
+    "tangents.lift": {"LiftError", "LiftedNetwork", "Node", "from_torch"},
     "tangents.plot": {
         "COLORS", "PowerLawFit", "convergence", "figure_grid", "fit_power_law", "kernel_heatmap",
         "kernel_vs_angle", "new_axes", "residual_projections", "spectrum", "trajectories",

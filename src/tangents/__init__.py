@@ -41,6 +41,8 @@ _WHERE: dict[str, str] = {
     # The theory's claims on finite networks, and figures
     "evidence": ".evidence",
     "plot": ".plot",
+    # torch.nn models lifted to stax
+    "from_torch": ".lift",
 }
 
 #: Modules that need an optional dependency: reachable as attributes, left out of ``import *``.
@@ -82,6 +84,7 @@ if TYPE_CHECKING:
     from .empirical import empirical_ntk_vp_fn as empirical_ntk_vp_fn
     from .linearize import linearize as linearize
     from .linearize import taylor_expand as taylor_expand
+    from .lift import from_torch as from_torch
     from .monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
     from .store import KernelStore as KernelStore
     from .store import compute_kernel as compute_kernel

@@ -57,6 +57,7 @@ from ._custom import SiLU as SiLU
 from ._custom import Sigmoid as Sigmoid
 from ._custom import Softplus as Softplus
 from ._custom import Tanh as Tanh
+from ._hardtanh import Hardtanh as Hardtanh
 
 # Normalization and dropout
 from ._dropout import Dropout as Dropout
@@ -121,6 +122,7 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "GlobalSumPool",
+    "Hardtanh",
     "Hermite",
     "hyperparameters",
     "Identity",

@@ -10,7 +10,8 @@ map of `affine_kernel`:
 
     Σ'(x, x')[i, j] = W_std² / |k| · Σ_t Σ(x, x')[i s + t, j s + t] + b_std²
 
-(per spatial dimension; zero padding contributes 0, CIRCULAR wraps). On diagonal
+(per spatial dimension; zero padding contributes 0, CIRCULAR wraps; a filter dilated by
+``d``, ``rhs_dilation``, has its taps ``t`` at multiples of ``d``). On diagonal
 covariances ``(N1, N2, H, W)`` this is a box filter; on full ones
 ``(N1, N2, H, H', W, W')`` a diagonal filter on each location pair. `ConvLocal` has
 independent weights per location, so only coincident locations stay correlated.
@@ -37,12 +38,15 @@ from ._dense import affine_kernel
 from ._layer import Layer, Params, ShapeTree
 from ._requirements import Bool, Diagonal, Requirements
 from ._spatial import (
+    Padding,
     add_on_spatial_diagonal,
+    axis_padding,
     check_ints,
     check_kernel_axes,
     check_padding,
     diagonal_window_sum,
     dilate,
+    effective_window,
     fold_circular,
     map_covariances,
     output_size,
@@ -50,9 +54,9 @@ from ._spatial import (
     pool_mask,
     permute_spatial,
     reverse_spatial,
-    same_pads,
     transpose_output_size,
     transpose_pads,
+    window_pads,
     window_sum,
 )
 
@@ -104,9 +108,10 @@ def conv_covariance(
     batch_ndim: int,
     filter_shape: tuple[int, ...],
     strides: tuple[int, ...],
-    padding: str,
+    padding: Padding,
     diagonal_spatial: bool,
     transpose: bool,
+    dilation: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     r"""The covariance after a shared-weight convolution, before the affine scaling.
 
@@ -114,49 +119,54 @@ def conv_covariance(
         t: a covariance ``(*B, S1, ..., Sd)`` (``diagonal_spatial``) or
             ``(*B, S1, S1', ..., Sd, Sd')`` with ``batch_ndim`` leading batch axes.
         filter_shape, strides: per spatial dimension, in ``t``'s storage order.
-        padding: ``'VALID'``, ``'SAME'`` or ``'CIRCULAR'``.
+        padding: ``'VALID'``, ``'SAME'``, ``'CIRCULAR'`` or ``(lo, hi)`` pairs in ``t``'s
+            storage order (of the dilated input, for a transposed convolution).
         transpose: a transposed convolution (``lax.conv_transpose``) instead.
+        dilation: the filter's dilation per spatial dimension (default 1).
 
     Returns:
         ``(1/|k|) Σ_t`` over the filter taps, diagonal (box) or pairwise-diagonal, with the
         same layout and the output spatial sizes.
     """
     circular = padding == "CIRCULAR"
+    dilation = (1,) * len(filter_shape) if dilation is None else dilation
+    spans = [effective_window(k, d) for k, d in zip(filter_shape, dilation)]
     if diagonal_spatial:
         axes = list(range(batch_ndim, t.ndim))
         if transpose:
             sizes = [t.shape[a] for a in axes]
             t = dilate(t, axes, strides)
-            pads = [transpose_pads(k, s, padding) for k, s in zip(filter_shape, strides)]
-            t = window_sum(t, axes, filter_shape, (1,) * len(axes), pads)
+            pads = [transpose_pads(w, s, axis_padding(padding, i)) for i, (w, s) in enumerate(zip(spans, strides))]
+            t = window_sum(t, axes, filter_shape, (1,) * len(axes), pads, dilation)
             if circular:
                 t = fold_circular(t, axes, [n * s for n, s in zip(sizes, strides)])
         else:
-            pads = [(0, 0)] * len(axes)
-            if padding != "VALID":
-                pads = [same_pads(t.shape[a], k, s) for a, k, s in zip(axes, filter_shape, strides)]
+            pads = [
+                window_pads(t.shape[a], w, s, axis_padding(padding, i))
+                for i, (a, w, s) in enumerate(zip(axes, spans, strides))
+            ]
             if circular:
                 t, pads = pad(t, axes, pads, circular=True), [(0, 0)] * len(axes)
-            t = window_sum(t, axes, filter_shape, strides, pads)
+            t = window_sum(t, axes, filter_shape, strides, pads, dilation)
     else:
-        for i, (k, s) in enumerate(zip(filter_shape, strides)):
+        for i, (k, s, d, w) in enumerate(zip(filter_shape, strides, dilation, spans)):
             a, b = batch_ndim + 2 * i, batch_ndim + 2 * i + 1
             if transpose:
                 size = t.shape[a]
                 t = dilate(t, (a, b), (s, s))
-                t = diagonal_window_sum(t, a, b, k, 1, transpose_pads(k, s, padding))
+                t = diagonal_window_sum(t, a, b, k, 1, transpose_pads(w, s, axis_padding(padding, i)), d)
                 if circular:
                     t = fold_circular(t, (a, b), (size * s, size * s))
             else:
-                pads = (0, 0) if padding == "VALID" else same_pads(t.shape[a], k, s)
+                pads = window_pads(t.shape[a], w, s, axis_padding(padding, i))
                 if circular:
                     t, pads = pad(t, (a, b), [pads, pads], circular=True), (0, 0)
-                t = diagonal_window_sum(t, a, b, k, s, pads)
+                t = diagonal_window_sum(t, a, b, k, s, pads, d)
     return t.mul_(1 / math.prod(filter_shape))  # t is a new tensor here
 
 
 def local_conv_covariance(
-    t: torch.Tensor, batch_ndim: int, filter_shape: tuple[int, ...], strides: tuple[int, ...], padding: str
+    t: torch.Tensor, batch_ndim: int, filter_shape: tuple[int, ...], strides: tuple[int, ...], padding: Padding
 ) -> torch.Tensor:
     """The covariance after an unshared convolution (`ConvLocal`), before scaling.
 
@@ -194,6 +204,7 @@ class _Conv(Layer):
         dimension_numbers: tuple[str, str, str] | None = None,
         parameterization: str = "ntk",
         s: tuple[int, int] = (1, 1),
+        rhs_dilation: tuple[int, ...] | None = None,
     ) -> None:
         name = type(self).__name__
         if isinstance(out_chan, bool) or not isinstance(out_chan, int) or out_chan < 1:
@@ -202,7 +213,13 @@ class _Conv(Layer):
         self.filter_shape = check_ints(name, "filter_shape", filter_shape)
         n = len(self.filter_shape)
         self.strides = (1,) * n if strides is None else check_ints(name, "strides", strides, n)
-        self.padding = check_padding(name, padding)
+        self.padding = check_padding(name, padding, n)
+        self.rhs_dilation = (1,) * n if rhs_dilation is None else check_ints(name, "rhs_dilation", rhs_dilation, n)
+        if not self.shared_weights and any(d != 1 for d in self.rhs_dilation):
+            raise ValueError(
+                f"{name}: rhs_dilation={self.rhs_dilation} is not supported by the unshared convolution; "
+                f"use Conv for a dilated filter."
+            )
         self.W_std = check_std(name, "W_std", W_std, allow_none=False, allow_tensor=True)
         self.b_std = check_std(name, "b_std", b_std, allow_none=True, allow_tensor=True)
         self.dimension_numbers = check_dimension_numbers(name, dimension_numbers, n)
@@ -221,11 +238,16 @@ class _Conv(Layer):
         self._out_letters = [c for c in out if c not in "NC"]
 
     def __repr__(self) -> str:
+        dilation = "" if all(d == 1 for d in self.rhs_dilation) else f", rhs_dilation={self.rhs_dilation}"
         return (
             f"{self.name}({self.out_chan}, {self.filter_shape}, strides={self.strides}, "
-            f"padding={self.padding!r}, W_std={self.W_std}, b_std={self.b_std}, "
+            f"padding={self.padding!r}{dilation}, W_std={self.W_std}, b_std={self.b_std}, "
             f"dimension_numbers={self.dimension_numbers}, parameterization={self.parameterization!r})"
         )
+
+    def _spans(self) -> tuple[int, ...]:
+        """The filter's effective size per spatial axis (filter order), ``d (k − 1) + 1``."""
+        return tuple(effective_window(k, d) for k, d in zip(self.filter_shape, self.rhs_dilation))
 
     # ------------------------------------------------------------------ shapes
 
@@ -255,17 +277,18 @@ class _Conv(Layer):
         """Output size of each spatial letter."""
         lhs = self.dimension_numbers[0]
         sizes = {}
-        for c, k, st in zip(self._filter_letters, self.filter_shape, self.strides):
+        for i, (c, k, st) in enumerate(zip(self._filter_letters, self._spans(), self.strides)):
             n = input_shape[lhs.index(c)]
             if self.transpose:
-                sizes[c] = transpose_output_size(n, k, st, self.padding)
+                sizes[c] = transpose_output_size(n, k, st, axis_padding(self.padding, i))
             else:
-                sizes[c] = output_size(n, k, st, self.padding)
-                if n >= 0 and sizes[c] < 1:
-                    raise ValueError(
-                        f"{self.name}: the filter {self.filter_shape} is larger than the input's spatial "
-                        f"size {n} on axis {c!r} with padding='VALID'; use padding='SAME' or a smaller filter."
-                    )
+                sizes[c] = output_size(n, k, st, axis_padding(self.padding, i))
+            if n >= 0 and sizes[c] < 1:
+                raise ValueError(
+                    f"{self.name}: the filter {self.filter_shape} (span {k}) is larger than the input's "
+                    f"spatial size {n} on axis {c!r} with padding={self.padding!r}; use padding='SAME' or a "
+                    f"smaller filter."
+                )
         return sizes
 
     def output_shape(self, input_shape: ShapeTree) -> ShapeTree:
@@ -327,9 +350,11 @@ class _Conv(Layer):
         if self.transpose:
             y = self._transpose_forward(x, w, axes)
         else:
-            if self.padding != "VALID":
-                pads = [same_pads(x.shape[a], k, st) for a, k, st in zip(axes, self.filter_shape, self.strides)]
-                x = pad(x, axes, pads, self.padding == "CIRCULAR")
+            pads = [
+                window_pads(x.shape[a], k, st, axis_padding(self.padding, i))
+                for i, (a, k, st) in enumerate(zip(axes, self._spans(), self.strides))
+            ]
+            x = pad(x, axes, pads, self.padding == "CIRCULAR")
             y = self._conv(x, w, self.strides) if self.shared_weights else self._local_forward(x, w)
         # back to the out spec
         y = y.permute([0 if c == "N" else 1 if c == "C" else 2 + self._filter_letters.index(c) for c in out])
@@ -350,13 +375,14 @@ class _Conv(Layer):
                 f"{self.name}: the finite-width forward pass supports 1-, 2- and 3-D convolutions "
                 f"(torch.nn.functional.conv1d/2d/3d), got {x.ndim - 2} spatial axes."
             )
-        return fn(x, w, stride=strides)
+        return fn(x, w, stride=strides, dilation=self.rhs_dilation)
 
     def _transpose_forward(self, x: torch.Tensor, w: torch.Tensor, axes: list[int]) -> torch.Tensor:
         """``lax.conv_transpose``: dilate by the strides, pad, correlate (filter unflipped)."""
         sizes = [x.shape[a] for a in axes]
         x = dilate(x, axes, self.strides)
-        x = pad(x, axes, [transpose_pads(k, st, self.padding) for k, st in zip(self.filter_shape, self.strides)], False)
+        pads = [transpose_pads(k, st, axis_padding(self.padding, i)) for i, (k, st) in enumerate(zip(self._spans(), self.strides))]
+        x = pad(x, axes, pads, False)
         y = self._conv(x, w, (1,) * len(axes))
         if self.padding == "CIRCULAR":
             y = fold_circular(y, axes, [n * st for n, st in zip(sizes, self.strides)])
@@ -385,12 +411,15 @@ class _Conv(Layer):
         if self.transpose:  # NT: lax.conv_transpose of the mask with a ones filter (CIRCULAR as SAME)
             m = mask.permute([lhs.index("N"), lhs.index("C")] + [lhs.index(c) for c in self._filter_letters])
             padding = "SAME" if self.padding == "CIRCULAR" else self.padding
-            m = conv_covariance(m.to(torch.float64), 2, self.filter_shape, self.strides, padding, True, True) > 0
+            m = conv_covariance(
+                m.to(torch.float64), 2, self.filter_shape, self.strides, padding, True, True, self.rhs_dilation
+            ) > 0
             return m.permute([0 if c == "N" else 1 if c == "C" else 2 + self._filter_letters.index(c) for c in out])
-        filt = dict(zip(self._filter_letters, self.filter_shape))
+        filt = dict(zip(self._filter_letters, self._spans()))
         steps = dict(zip(self._filter_letters, self.strides))
         axes = [lhs.index(c) for c in self._in_letters]
-        mask = pool_mask(mask, axes, [filt[c] for c in self._in_letters], [steps[c] for c in self._in_letters], self.padding)
+        padding = self._padding_in([self._filter_letters.index(c) for c in self._in_letters])
+        mask = pool_mask(mask, axes, [filt[c] for c in self._in_letters], [steps[c] for c in self._in_letters], padding)
         return mask.permute([lhs.index(c) for c in out])
 
     # ------------------------------------------------------------------ infinite width
@@ -413,22 +442,28 @@ class _Conv(Layer):
                 f"{spatial_ndim if k.diagonal_spatial else spatial_ndim // 2}; check dimension_numbers "
                 f"(tangents defaults to channels-first (N, C, H, W))."
             )
+        self._spatial_out(self._check_shape(k.shape1))  # a filter too wide for the input: a clear error
         # filter and strides in the kernel's storage order
         perm = [self._filter_letters.index(c) for c in self._in_letters]
         filt = tuple(self.filter_shape[p] for p in perm)
         strides = tuple(self.strides[p] for p in perm)
+        dilation = tuple(self.rhs_dilation[p] for p in perm)
+        padding = self._padding_in(perm)
         if k.is_reversed and not k.diagonal_spatial:
-            filt, strides = filt[::-1], strides[::-1]
+            filt, strides, dilation = filt[::-1], strides[::-1], dilation[::-1]
+            padding = padding if isinstance(padding, str) else padding[::-1]
         full_shared = self.shared_weights and not k.diagonal_spatial
         if self.shared_weights or k.diagonal_spatial:
 
             def fn(t: torch.Tensor, batch_ndim: int) -> torch.Tensor:
-                return conv_covariance(t, batch_ndim, filt, strides, self.padding, k.diagonal_spatial, self.transpose)
+                return conv_covariance(
+                    t, batch_ndim, filt, strides, padding, k.diagonal_spatial, self.transpose, dilation
+                )
 
         else:
 
             def fn(t: torch.Tensor, batch_ndim: int) -> torch.Tensor:
-                return local_conv_covariance(t, batch_ndim, filt, strides, self.padding)
+                return local_conv_covariance(t, batch_ndim, filt, strides, padding)
 
         unscaled = k.replace(**map_covariances(k, fn))
         fan_in = self._fan_in(k.shape1) / self.s[0]
@@ -446,6 +481,10 @@ class _Conv(Layer):
         out = self._to_out_order(out)
         _, _, out_spec = self.dimension_numbers
         return out.replace(batch_axis=out_spec.index("N"), channel_axis=out_spec.index("C"))
+
+    def _padding_in(self, perm: list[int]) -> Padding:
+        """The padding with explicit pairs reordered from filter order by ``perm``."""
+        return self.padding if isinstance(self.padding, str) else tuple(self.padding[p] for p in perm)
 
     def _local_affine(self, k: Kernel, fan_in: float) -> Kernel:
         """`affine_kernel` with per-location biases: b_std² only where locations coincide."""

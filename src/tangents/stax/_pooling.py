@@ -27,6 +27,8 @@ from ._layer import Layer, Params, ShapeTree
 from ._masking import mask_products
 from ._requirements import Bool, Diagonal, Requirements
 from ._spatial import (
+    Padding,
+    axis_padding,
     check_ints,
     check_kernel_axes,
     check_padding,
@@ -36,6 +38,7 @@ from ._spatial import (
     pool_mask,
     same_pads,
     spatial_axes_of,
+    window_pads,
     window_sum,
 )
 
@@ -78,14 +81,14 @@ def _unmasked_count(mask: torch.Tensor, axes: list[int]) -> torch.Tensor:
     return (~mask).sum(axes).clamp(min=1)
 
 
-def _window_counts(size: int, window: int, stride: int, padding: str, like: torch.Tensor) -> torch.Tensor:
+def _window_counts(
+    size: int, window: int, stride: int, padding: str | tuple[int, int], like: torch.Tensor
+) -> torch.Tensor:
     """How many real (unpadded) entries each output window covers along one axis."""
     ones = torch.ones(size, dtype=like.dtype, device=like.device)
-    if padding == "VALID":
-        return window_sum(ones, [0], [window], [stride])
     if padding == "CIRCULAR":
         return window_sum(pad(ones, [0], [same_pads(size, window, stride)], circular=True), [0], [window], [stride])
-    return window_sum(ones, [0], [window], [stride], [same_pads(size, window, stride)])
+    return window_sum(ones, [0], [window], [stride], [window_pads(size, window, stride, padding)])
 
 
 def pool_normalize(
@@ -94,17 +97,19 @@ def pool_normalize(
     sizes: list[int],
     window: tuple[int, ...],
     strides: tuple[int, ...],
-    padding: str,
+    padding: Padding,
     normalize: str | None,
 ) -> torch.Tensor:
     """Divides window sums by the window size (``'window'``), by the number of unpadded
-    entries (``'edges'``, SAME padding only, as ``ostax.AvgPool``), or not at all (``None``)."""
+    entries (``'edges'``, SAME or explicit padding, as ``ostax.AvgPool`` and ``torch``'s
+    ``count_include_pad=False``), or not at all (``None``). Explicit ``padding``: one
+    ``(lo, hi)`` pair per axis of ``axes``."""
     if normalize is None:
         return out
-    if normalize == "window" or padding != "SAME":
+    if normalize == "window" or padding in ("VALID", "CIRCULAR"):
         return out / math.prod(window)
-    for a, n, k, s in zip(axes, sizes, window, strides):
-        counts = _window_counts(n, k, s, padding, out)
+    for i, (a, n, k, s) in enumerate(zip(axes, sizes, window, strides)):
+        counts = _window_counts(n, k, s, axis_padding(padding, i), out)
         shape = [1] * out.ndim
         shape[a] = counts.shape[0]
         out = out / counts.reshape(shape)
@@ -116,14 +121,13 @@ def pool_sum(
     axes: list[int],
     window: tuple[int, ...],
     strides: tuple[int, ...],
-    padding: str,
+    padding: Padding,
     normalize: str | None,
 ) -> torch.Tensor:
-    """Windowed sum over ``axes`` (lax ``reduce_window``), normalised by `pool_normalize`."""
+    """Windowed sum over ``axes`` (lax ``reduce_window``), normalised by `pool_normalize`.
+    Explicit ``padding``: one ``(lo, hi)`` pair per axis of ``axes``."""
     sizes = [x.shape[a] for a in axes]
-    pads = [(0, 0)] * len(axes)
-    if padding != "VALID":
-        pads = [same_pads(n, k, s) for n, k, s in zip(sizes, window, strides)]
+    pads = [window_pads(n, k, s, axis_padding(padding, i)) for i, (n, k, s) in enumerate(zip(sizes, window, strides))]
     if padding == "CIRCULAR":
         x, pads = pad(x, axes, pads, circular=True), [(0, 0)] * len(axes)
     out = window_sum(x, axes, window, strides, pads)
@@ -150,7 +154,7 @@ class _Pool(Layer):
         self.window_shape = check_ints(name, "window_shape", window_shape)
         n = len(self.window_shape)
         self.strides = (1,) * n if strides is None else check_ints(name, "strides", strides, n)
-        self.padding = check_padding(name, padding)
+        self.padding = check_padding(name, padding, n)
         if not isinstance(normalize_edges, (bool, np.bool_)):
             raise ValueError(f"{name}: normalize_edges must be True or False, got {normalize_edges!r}.")
         self.normalize_edges = bool(normalize_edges)
@@ -187,12 +191,12 @@ class _Pool(Layer):
         if not isinstance(input_shape, tuple):
             raise ValueError(f"{self.name}: expects a single input, got a list of {len(input_shape)}.")
         shape = list(input_shape)
-        for a, k, s in zip(self._axes(len(shape)), self.window_shape, self.strides):
-            shape[a] = output_size(shape[a], k, s, self.padding)
+        for i, (a, k, s) in enumerate(zip(self._axes(len(shape)), self.window_shape, self.strides)):
+            shape[a] = output_size(shape[a], k, s, axis_padding(self.padding, i))
             if shape[a] == 0:
                 raise ValueError(
                     f"{self.name}: the window {self.window_shape} is larger than the input {input_shape} "
-                    f"with padding='VALID'; use padding='SAME' or a smaller window."
+                    f"with padding={self.padding!r}; use padding='SAME' or a smaller window."
                 )
         return tuple(shape)
 
@@ -210,9 +214,10 @@ class _Pool(Layer):
             raise ValueError(f"{self.name}: expects a single input, got a list of {len(k)} branches.")
         check_kernel_axes(self.name, k, self.batch_axis, self.channel_axis)
         n = len(self.window_shape)
-        window, strides = self.window_shape, self.strides
+        window, strides, padding = self.window_shape, self.strides, self.padding
         if k.is_reversed and not k.diagonal_spatial:
             window, strides = window[::-1], strides[::-1]
+            padding = padding if isinstance(padding, str) else padding[::-1]
         normalize = self._normalize()
 
         def fn(t: torch.Tensor, batch_ndim: int) -> torch.Tensor:
@@ -226,11 +231,12 @@ class _Pool(Layer):
             sizes = [t.shape[a] for a in axes]
             windows = tuple(w for g, w in zip(groups, window) for _ in g)
             steps = tuple(s for g, s in zip(groups, strides) for _ in g)
-            out = pool_sum(t, axes, windows, steps, self.padding, normalize)
+            pads = padding if isinstance(padding, str) else tuple(p for g, p in zip(groups, padding) for _ in g)
+            out = pool_sum(t, axes, windows, steps, pads, normalize)
             if k.diagonal_spatial:
                 # only the location diagonal is known and off-diagonal covariances count as
                 # 0, so an average's variance is divided by the window size once more
-                out = pool_normalize(out, axes, sizes, windows, steps, self.padding, normalize)
+                out = pool_normalize(out, axes, sizes, windows, steps, pads, normalize)
             return out
 
         return k.replace(**map_covariances(k, fn))
@@ -244,9 +250,12 @@ class AvgPool(_Pool):
     Args:
         window_shape: window size per spatial axis, e.g. ``(2, 2)``.
         strides: stride per spatial axis (default 1).
-        padding: ``'VALID'``, ``'SAME'`` or ``'CIRCULAR'`` (periodic).
-        normalize_edges: with SAME padding, divide by the number of real entries in each
-            window (like ``torch``'s ``count_include_pad=False``) instead of the window size.
+        padding: ``'VALID'``, ``'SAME'``, ``'CIRCULAR'`` (periodic), or explicit zero padding
+            ``((lo, hi), ...)``, one pair per spatial axis (``torch``'s ``padding=p`` is
+            ``((p, p), ...)``).
+        normalize_edges: with SAME or explicit padding, divide by the number of real entries
+            in each window (like ``torch``'s ``count_include_pad=False``) instead of the
+            window size (``count_include_pad=True``).
         batch_axis: the batch axis of the inputs.
         channel_axis: the channel axis of the inputs (tangents' default 1, channels-first;
             NT's default is -1).

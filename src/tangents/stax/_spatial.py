@@ -7,7 +7,12 @@ networks and kernels agree with it exactly:
 * ``SAME``: ``out = ⌈n / s⌉``, zero padding of total ``max((out − 1) s + k − n, 0)``
   split as ``(p // 2, p − p // 2)`` (the extra zero goes at the end, unlike
   ``torch``'s ``padding='same'`` for even filters);
-* ``CIRCULAR``: the ``SAME`` amounts, filled periodically (wrap-around), then ``VALID``.
+* ``CIRCULAR``: the ``SAME`` amounts, filled periodically (wrap-around), then ``VALID``;
+* explicit ``((lo, hi), ...)`` pairs, one per spatial axis (``lax``'s explicit padding, e.g.
+  ``torch.nn.Conv2d(padding=1)`` is ``((1, 1), (1, 1))``): zeros, negative amounts crop.
+
+A filter dilated by ``d`` (``rhs_dilation``, ``torch``'s ``dilation``) has taps ``d`` apart,
+an effective size ``d (k − 1) + 1`` (which ``SAME`` pads for).
 
 Transposed convolutions follow ``lax.conv_transpose``: the input is dilated by the
 stride, padded by `transpose_pads`, and correlated with the (unflipped) filter.
@@ -19,7 +24,7 @@ diagonal covariances ``(N1, N2, *S)`` and full covariances ``(N1, N2, H, H', W, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import torch
 
@@ -28,16 +33,52 @@ from ._tape import skipping_covariances
 
 PADDINGS = ("VALID", "SAME", "CIRCULAR")
 Pads = list[tuple[int, int]]
+#: A padding name, or explicit ``(lo, hi)`` pairs, one per spatial axis.
+Padding = Union[str, tuple[tuple[int, int], ...]]
 
 
 # ---------------------------------------------------------------------- argument checks
 
 
-def check_padding(layer: str, padding: Any) -> str:
-    """Validates a padding name (``'VALID'``, ``'SAME'`` or ``'CIRCULAR'``, any case)."""
-    if not isinstance(padding, str) or padding.upper() not in PADDINGS:
-        raise ValueError(f"{layer}: padding must be one of 'VALID', 'SAME', 'CIRCULAR', got {padding!r}.")
-    return padding.upper()
+def check_padding(layer: str, padding: Any, n: int | None = None) -> Padding:
+    """Validates a padding: a name (``'VALID'``, ``'SAME'`` or ``'CIRCULAR'``, any case) or
+    explicit ``(lo, hi)`` integer pairs, one per spatial axis (``n`` of them, if given)."""
+    if isinstance(padding, str):
+        if padding.upper() not in PADDINGS:
+            raise ValueError(
+                f"{layer}: padding must be one of 'VALID', 'SAME', 'CIRCULAR' or (lo, hi) pairs, got {padding!r}."
+            )
+        return padding.upper()
+    pairs = None
+    if isinstance(padding, Sequence) and len(padding) > 0:
+        pairs = tuple(tuple(p) if isinstance(p, Sequence) else None for p in padding)
+    ok = pairs is not None and all(
+        p is not None and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p) for p in pairs
+    )
+    if not ok or (n is not None and len(pairs) != n):
+        count = "" if n is None else f"{n} "
+        raise ValueError(
+            f"{layer}: padding must be 'VALID', 'SAME', 'CIRCULAR' or a sequence of {count}(lo, hi) integer pairs, "
+            f"one per spatial axis (e.g. ((1, 1), (1, 1)) for torch's padding=1), got {padding!r}."
+        )
+    return pairs  # type: ignore[return-value]
+
+
+def axis_padding(padding: Padding, i: int) -> str | tuple[int, int]:
+    """The padding of spatial axis ``i``: the name, or that axis's ``(lo, hi)`` pair."""
+    return padding if isinstance(padding, str) else padding[i]
+
+
+def effective_window(window: int, dilation: int) -> int:
+    """The span ``d (k − 1) + 1`` of a window of ``k`` taps ``d`` apart."""
+    return dilation * (window - 1) + 1
+
+
+def window_pads(size: int, window: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    """``(lo, hi)`` zero (or periodic) padding of one axis for a window op; ``window`` is the span."""
+    if isinstance(padding, tuple):
+        return padding
+    return (0, 0) if padding == "VALID" else same_pads(size, window, stride)
 
 
 def check_ints(layer: str, name: str, value: Any, length: int | None = None) -> tuple[int, ...]:
@@ -62,17 +103,22 @@ def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def output_size(size: int, window: int, stride: int, padding: str) -> int:
-    """Output length of a window op over an axis of length ``size``."""
+def output_size(size: int, window: int, stride: int, padding: str | tuple[int, int]) -> int:
+    """Output length of a window op over an axis of length ``size`` (``window``: the span)."""
     if size < 0:
         return -1
+    if isinstance(padding, tuple):
+        return max((size + padding[0] + padding[1] - window) // stride + 1, 0)
     if padding == "VALID":
         return max((size - window) // stride + 1, 0)
     return -(-size // stride)
 
 
-def transpose_pads(window: int, stride: int, padding: str) -> tuple[int, int]:
-    """Padding of the dilated input in ``lax.conv_transpose`` (CIRCULAR uses VALID's)."""
+def transpose_pads(window: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    """Padding of the dilated input in ``lax.conv_transpose`` (CIRCULAR uses VALID's; explicit
+    pairs are the dilated input's padding, as in ``lax.conv_transpose``)."""
+    if isinstance(padding, tuple):
+        return padding
     if padding == "SAME":
         total = window + stride - 2
         before = window - 1 if stride > window - 1 else -(-total // 2)
@@ -82,10 +128,12 @@ def transpose_pads(window: int, stride: int, padding: str) -> tuple[int, int]:
     return before, total - before
 
 
-def transpose_output_size(size: int, window: int, stride: int, padding: str) -> int:
-    """Output length of ``lax.conv_transpose`` (SAME and CIRCULAR: ``n s``)."""
+def transpose_output_size(size: int, window: int, stride: int, padding: str | tuple[int, int]) -> int:
+    """Output length of ``lax.conv_transpose`` (SAME and CIRCULAR: ``n s``; ``window``: the span)."""
     if size < 0:
         return -1
+    if isinstance(padding, tuple):
+        return max((size - 1) * stride + 1 + padding[0] + padding[1] - window + 1, 0)
     if padding == "VALID":
         return size * stride + max(window - stride, 0)
     return size * stride
@@ -95,8 +143,13 @@ def transpose_output_size(size: int, window: int, stride: int, padding: str) -> 
 
 
 def pad(x: torch.Tensor, axes: Sequence[int], pads: Pads, circular: bool) -> torch.Tensor:
-    """Pads ``axes`` of ``x`` by ``pads`` with zeros, or periodically if ``circular``."""
+    """Pads ``axes`` of ``x`` by ``pads`` with zeros, or periodically if ``circular``;
+    negative amounts crop."""
     for axis, (lo, hi) in zip(axes, pads):
+        if lo < 0 or hi < 0:
+            start, stop = max(-lo, 0), x.shape[axis] - max(-hi, 0)
+            x = x.narrow(axis, start, max(stop - start, 0))
+            lo, hi = max(lo, 0), max(hi, 0)
         if lo == 0 and hi == 0:
             continue
         n = x.shape[axis]
@@ -129,7 +182,8 @@ def _strided(x: torch.Tensor, axis: int, start: int, count: int, stride: int) ->
 
 
 def _tap_range(size: int, count: int, tap: int, stride: int, before: int) -> tuple[int, int, int] | None:
-    """Outputs ``i`` whose tap reads a real entry ``p = i s + tap − before`` (0 <= p < size).
+    """Outputs ``i`` whose tap (at offset ``tap``) reads a real entry ``p = i s + tap − before``
+    (0 <= p < size).
 
     Returns:
         ``(first output, first input, number of outputs)``, or ``None`` if there are none.
@@ -157,27 +211,29 @@ def window_sum(
     window: Sequence[int],
     strides: Sequence[int],
     pads: Pads | None = None,
+    dilation: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Sums over windows along each of ``axes`` (a box filter), with implicit zero padding.
 
     The box filter is separable, so each axis is summed on its own; along an axis of
-    length n padded by ``(lo, hi)`` the result has ``(n + lo + hi − k) // s + 1`` entries.
-    Padding is never materialised: each tap adds its in-range block. Always returns a new
-    tensor.
+    length n padded by ``(lo, hi)`` the result has ``(n + lo + hi − d (k − 1) − 1) // s + 1``
+    entries, the ``k`` taps of a window ``d`` = ``dilation`` apart (default 1). Padding is
+    never materialised: each tap adds its in-range block. Always returns a new tensor.
     """
     pads = [(0, 0)] * len(axes) if pads is None else pads
-    for axis, k, s, p in zip(axes, window, strides, pads):
+    dilation = [1] * len(axes) if dilation is None else dilation
+    for axis, k, s, p, d in zip(axes, window, strides, pads, dilation):
         n = x.shape[axis]
-        count = _out_count(n, k, s, p, "window")
+        count = _out_count(n, effective_window(k, d), s, p, "window")
         if torch.compiler.is_compiling():  # a sum of shifted views, fused into one loop
             padded = _zero_pad(x, {axis: p})
-            x = sum(_strided(padded, axis, t, count, s) for t in range(k))
+            x = sum(_strided(padded, axis, t * d, count, s) for t in range(k))
             continue
         shape = list(x.shape)
         shape[axis] = count
         out = x.new_zeros(shape)
         for t in range(k):
-            r = _tap_range(n, count, t, s, p[0])
+            r = _tap_range(n, count, t * d, s, p[0])
             if r is not None:
                 out.narrow(axis, r[0], r[2]).add_(_strided(x, axis, r[1], r[2], s))
         x = out
@@ -196,9 +252,16 @@ def _empty_like_layout(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def diagonal_window_sum(
-    x: torch.Tensor, axis1: int, axis2: int, window: int, stride: int, pads: tuple[int, int] = (0, 0)
+    x: torch.Tensor,
+    axis1: int,
+    axis2: int,
+    window: int,
+    stride: int,
+    pads: tuple[int, int] = (0, 0),
+    dilation: int = 1,
 ) -> torch.Tensor:
-    r"""``out[i, j] = Σ_t x[i s + t − lo, j s + t − lo]`` over a pair of axes (a diagonal filter).
+    r"""``out[i, j] = Σ_t x[i s + t d − lo, j s + t d − lo]`` over a pair of axes (a diagonal
+    filter of ``window`` taps ``d`` = ``dilation`` apart).
 
     This is the covariance map of a shared-weight convolution on a location pair
     ``(X, X')`` (up to the 1/k normalisation): both locations shift by the same tap ``t``.
@@ -206,14 +269,16 @@ def diagonal_window_sum(
     materialised. Always returns a new tensor.
     """
     n1, n2 = x.shape[axis1], x.shape[axis2]
-    c1 = _out_count(n1, window, stride, pads, "filter")
-    c2 = _out_count(n2, window, stride, pads, "filter")
+    span = effective_window(window, dilation)
+    c1 = _out_count(n1, span, stride, pads, "filter")
+    c2 = _out_count(n2, span, stride, pads, "filter")
+    taps = [t * dilation for t in range(window)]
     if torch.compiler.is_compiling():  # a sum of shifted views, fused into one loop
         padded = _zero_pad(x, {axis1: pads, axis2: pads})
         return sum(
-            _strided(_strided(padded, axis1, t, c1, stride), axis2, t, c2, stride) for t in range(window)
+            _strided(_strided(padded, axis1, t, c1, stride), axis2, t, c2, stride) for t in taps
         )
-    ranges = [(_tap_range(n1, c1, t, stride, pads[0]), _tap_range(n2, c2, t, stride, pads[0])) for t in range(window)]
+    ranges = [(_tap_range(n1, c1, t, stride, pads[0]), _tap_range(n2, c2, t, stride, pads[0])) for t in taps]
     # a tap that reaches every output (the centre one, for SAME) initialises the sum: one
     # pass fewer than zero-filling, and the same sum (addition commutes)
     first = next((t for t, (r1, r2) in enumerate(ranges) if r1 and r2 and r1[2] == c1 and r2[2] == c2), None)
@@ -345,20 +410,22 @@ def add_on_spatial_diagonal(t: torch.Tensor, value: float, batch_ndim: int) -> t
 
 
 def pool_mask(
-    mask: torch.Tensor, axes: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: str
+    mask: torch.Tensor, axes: Sequence[int], window: Sequence[int], strides: Sequence[int], padding: Padding
 ) -> torch.Tensor:
     """The mask of a window op's outputs (neural-tangents' ``_pool_mask``).
 
     Each output keeps the mask of its window's centre entry ``i s − lo + (k − 1) // 2``;
-    the mask is unchanged when the output has the input's shape.
+    the mask is unchanged when the output has the input's shape. ``padding``: a name, or
+    one ``(lo, hi)`` pair per axis of ``axes``.
     """
     sizes = [mask.shape[a] for a in axes]
-    outs = [output_size(n, k, s, "SAME" if padding == "CIRCULAR" else padding) for n, k, s in zip(sizes, window, strides)]
+    paddings = [axis_padding("SAME" if padding == "CIRCULAR" else padding, i) for i in range(len(axes))]
+    outs = [output_size(n, k, s, p) for n, k, s, p in zip(sizes, window, strides, paddings)]
     if outs == sizes:
         return mask
     index = [slice(None)] * mask.ndim
-    for a, n, k, s, o in zip(axes, sizes, window, strides, outs):
-        lo = 0 if padding == "VALID" else same_pads(n, k, s)[0]
+    for a, n, k, s, o, p in zip(axes, sizes, window, strides, outs, paddings):
+        lo = window_pads(n, k, s, p)[0]
         start = -lo + (k - 1) // 2
         index[a] = slice(start, start + 1 + (o - 1) * s, s)
     return mask[tuple(index)]

@@ -1,0 +1,1 @@
+"""Private implementation of `tangents.lift` (``from_torch``): torch.fx graphs -> stax layers."""
