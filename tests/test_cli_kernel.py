@@ -162,7 +162,7 @@ def test_ctrl_c_leaves_a_resumable_store(capsys, tmp_path):
 
 def test_sigterm_as_batch_schedulers_send_it_leaves_a_resumable_store(capsys, tmp_path):
     """SIGTERM (what SLURM/PBS send before pre-empting a job) to this process while ``tangents
-    kernel`` runs in it: exit 130, the blocks done kept, the previous SIGTERM handler back."""
+    kernel`` runs in it: exit 143 (128 + SIGTERM), the blocks done kept, the previous SIGTERM handler back."""
     import threading
 
     np.save(tmp_path / "x.npy", np.random.default_rng(2).standard_normal((300, 6)).astype(np.float32))
@@ -183,7 +183,7 @@ def test_sigterm_as_batch_schedulers_send_it_leaves_a_resumable_store(capsys, tm
     code, _, err = run(capsys, "--arch", "fc", "--x1", tmp_path / "x.npy", "--out", out, "--block", 10, "--no-fsync",
                        "--quiet")
     killer.join(timeout=120)
-    assert code == 130 and "of 465 blocks are done; rerun the same command to resume" in err, err
+    assert code == 143 and "of 465 blocks are done; rerun the same command to resume" in err, err
     store = KernelStore.open(out)
     assert 2 <= len(store.plan) - len(store.missing_blocks()) < 465
     assert signal.getsignal(signal.SIGTERM) is before

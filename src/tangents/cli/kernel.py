@@ -11,7 +11,8 @@ neural-tangents manifests, `tangents.stax.from_spec`) or a preset (`tangents.sta
 The store is `tangents.store.compute_kernel`'s: rerunning the same command resumes it (only
 the blocks not done are computed); a different command on the same store is refused with
 what differs. Ctrl-C (or SIGTERM, as batch schedulers send before pre-empting a job) stops
-after the block being written and leaves a resumable store (exit status 130).
+after the block being written and leaves a resumable store (exit status 130 for Ctrl-C, 143 for
+SIGTERM, the shells' 128 + signal number).
 
 Arguments are parsed before torch is imported, so ``--help`` and argument errors answer at
 once.
@@ -89,7 +90,7 @@ def build_parser(prog: str = "tangents kernel") -> argparse.ArgumentParser:
             "Presets: fc (inputs (N, features)); cnn, myrtle5, myrtle7, myrtle10, resnet (images (N, C, H, W), "
             "channels first). Example:\n"
             "  tangents kernel --arch myrtle5 --x1 x_train.npy --out k_train.zarr --block 500 --workers 2\n"
-            "Exit status: 0 done, 1 failed (the message says why), 2 bad arguments, 130 interrupted (resumable)."
+            "Exit status: 0 done, 1 failed (the message says why), 2 bad arguments, 130/143 interrupted by Ctrl-C/SIGTERM (resumable)."
         ),
     )
     what = parser.add_argument_group("what to compute")
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "tangents kernel") -> in
 
     Returns:
         0 when done (or, with ``--status``, when the store is complete), 1 on failure (or an
-        incomplete store), 2 for bad arguments, 130 when interrupted (the store is resumable).
+        incomplete store), 2 for bad arguments, 130 when interrupted by Ctrl-C, 143 by SIGTERM (the store is resumable).
     """
     parser = build_parser(prog)
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -283,9 +284,9 @@ def _compute(args: argparse.Namespace) -> int:
                 progress=False if args.quiet else True, overwrite=args.overwrite, verify=not args.no_verify,
                 durable=not args.no_fsync,
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         _report_interrupt(args.out)
-        return 130
+        return 143 if isinstance(interrupt, _Interrupted) else 130  # 128 + the signal's number
     except (ValueError, TypeError, MemoryError, OSError, ImportError, StoreBusyError, StoreMismatchError) as e:
         raise _Failure(str(e)) from None
     finally:
