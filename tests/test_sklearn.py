@@ -270,6 +270,32 @@ def test_other_errors():
         NTKRegressor(diag_reg=0.0).fit(np.vstack([X, X]), RNG.standard_normal(12))
 
 
+def test_impossible_memory_fails_before_allocating(monkeypatch):
+    """With 1 GB free, 10,000 examples (5 arrays of 0.8 GB: two kernels and the
+    factorisation) raise a MemoryError naming the subset size that fits (isqrt(2³⁰/40) = 5181)."""
+    monkeypatch.setattr("tangents._sklearn._common.available_memory", lambda device: 2**30)
+    X, y = np.zeros((10_000, 2)), np.arange(10_000.0)
+    with pytest.raises(MemoryError, match=r"NTKRegressor.fit: 10000 training examples need at least 3.7 GB \(5 arrays of "
+                       r"10000 x 10000 float64 .*only 1.0 GB is free on cpu; fit on a random subset of at most ~5181 examples"):
+        NTKRegressor().fit(X, y)
+
+
+def test_predictions_in_blocks_of_test_points(monkeypatch):
+    """Test points are predicted in blocks that bound the (B, N) test-train arrays: with
+    blocks of 3 rows, means and std equal the single-block ones (same arithmetic per row;
+    measured 1e-15 relative)."""
+    X, y = RNG.standard_normal((20, 3)), RNG.standard_normal(20)
+    X_test = RNG.standard_normal((10, 3))
+    model = NTKRegressor(diag_reg=1e-2).fit(X, y)
+    mean, std = model.predict(X_test, return_std=True)
+    classifier = NTKClassifier().fit(X, y > 0)
+    scores = classifier.decision_function(X_test)
+    monkeypatch.setattr("tangents._sklearn._common._TEST_BLOCK_BYTES", 8 * 20 * 3)  # 3 rows of 20 train points
+    mean_b, std_b = model.predict(X_test, return_std=True)
+    assert np.allclose(mean_b, mean, rtol=1e-12, atol=1e-14) and np.allclose(std_b, std, rtol=1e-12, atol=1e-14)
+    assert np.allclose(classifier.decision_function(X_test), scores, rtol=1e-12, atol=1e-14)
+
+
 # ---------------------------------------------------------------------- the GP kernel
 
 
