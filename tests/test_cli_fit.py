@@ -188,6 +188,20 @@ def test_bad_numpy_files(tmp_path, capsys, make, target, message):
     assert not (tmp_path / "o.npy").exists()
 
 
+def test_too_many_rows_for_memory(tmp_path, capsys, monkeypatch):
+    """With (pretended) 1 MB free, 400 training rows (5 arrays of 1.3 MB) are refused in one
+    line naming the subset size that fits (isqrt(2²⁰/40) = 161), and no output is written."""
+    monkeypatch.setattr("tangents._sklearn._common.available_memory", lambda device: 2**20)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", np.c_[rng.standard_normal((400, 2)), rng.standard_normal(400)])
+    np.save(tmp_path / "test.npy", np.ones((2, 2)))
+    status, out, err = _fit(capsys, "--train", tmp_path / "train.npy", "--test", tmp_path / "test.npy", "--target", "-1",
+                            "--out", tmp_path / "o.npy")
+    assert status == 1 and out == "" and err.count("\n") == 1
+    assert "400 training examples need at least" in err and "at most ~161 examples" in err, err
+    assert not (tmp_path / "o.npy").exists()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match=r"nothere.csv: no such file"):
         read_table(str(tmp_path / "nothere.csv"), "y")

@@ -209,6 +209,7 @@ def test_log_marginal_likelihood_takes_a_kernel_record():
         ((torch.eye(3), torch.ones(3), torch.ones(2)), {}, ValueError, r"diag_reg must be a 0-d tensor, got shape \(2,\)"),
         ((torch.eye(3), torch.ones(3), "1"), {}, TypeError, r"diag_reg must be a number or a 0-d tensor, got str"),
         ((torch.eye(3) * math.nan, torch.ones(3)), {}, ValueError, r"k contains NaN or infinite entries"),
+        ((torch.eye(3), torch.tensor([1.0, math.inf, 0.0])), {}, ValueError, r"y contains NaN or infinite entries; drop or impute those targets first"),
         ((torch.eye(3), torch.ones(3)), {"get": "cov1"}, ValueError, r"get must be 'nngp' or 'ntk', got 'cov1'"),
         ((-torch.eye(3), torch.ones(3)), {}, ValueError, r"the kernel plus diag_reg is not positive definite \(Cholesky failed at pivot 1\); increase diag_reg \(got 0, e\.g\. try 1e-06\)"),
     ],

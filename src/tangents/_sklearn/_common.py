@@ -17,9 +17,20 @@ except ImportError as error:  # pragma: no cover - the test extra installs it
     ) from error
 
 from .. import stax
+from ..blocks import available_memory
 from ..stax import Layer
 
-__all__ = ["ACTIVATIONS", "as_inputs", "check_device", "check_input_shape", "check_kernel_shape"]
+__all__ = [
+    "ACTIVATIONS", "TRAIN_COPIES", "as_inputs", "check_device", "check_input_shape", "check_kernel_shape",
+    "check_train_memory", "prediction_block_rows",
+]
+
+#: ``(N, N)`` float64 arrays an estimator's ``fit`` holds at once besides its kernels: the
+#: regularised kernel, its factor (Cholesky or eigenvectors) and one work array.
+TRAIN_COPIES = 3
+
+#: Bytes of one ``(B, N)`` test-train array a prediction block may take (~0.5 GB).
+_TEST_BLOCK_BYTES = 2**29
 
 #: ``activation=`` names of the estimators' simple architecture -> the stax layer.
 ACTIVATIONS: dict[str, Callable[[], Layer]] = {
@@ -82,3 +93,27 @@ def check_kernel_shape(where: str, k: torch.Tensor, n1: int, n2: int) -> None:
             f"number per pair of examples, ({n1}, {n2}); end the network with layers that remove the "
             f"spatial axes (e.g. stax.GlobalAvgPool() or stax.Flatten(), then stax.Dense(1))."
         )
+
+
+def check_train_memory(where: str, n: int, n_kernels: int, device: torch.device) -> None:
+    """Raises a MemoryError naming the fix before ``fit`` allocates ``(N, N)`` arrays that cannot fit.
+
+    ``fit`` keeps ``n_kernels`` train-train kernels and makes `TRAIN_COPIES` more ``(N, N)``
+    float64 arrays (8 N² bytes each) to factorise them; this is a lower bound of its memory.
+    """
+    per = 8 * n * n
+    needed = per * (n_kernels + TRAIN_COPIES)
+    free = available_memory(device)
+    if needed > free:
+        most = math.isqrt(free // (8 * (n_kernels + TRAIN_COPIES)))
+        raise MemoryError(
+            f"{where}: {n} training examples need at least {needed / 2**30:.1f} GB ({n_kernels + TRAIN_COPIES} "
+            f"arrays of {n} x {n} float64 for the train-train kernels and their factorisation), but only "
+            f"{free / 2**30:.1f} GB is free on {device}; fit on a random subset of at most ~{most} examples "
+            f"(e.g. sklearn.utils.resample(X, y, n_samples={most}, replace=False))."
+        )
+
+
+def prediction_block_rows(n_train: int) -> int:
+    """Test points per prediction block: a ``(B, N)`` float64 array stays under ~0.5 GB."""
+    return max(1, _TEST_BLOCK_BYTES // (8 * max(n_train, 1)))

@@ -26,7 +26,15 @@ from sklearn.utils.validation import check_is_fitted
 from .. import stax
 from ..predict import gradient_descent_mse_ensemble
 from ..stax import Layer
-from ._common import ACTIVATIONS, as_inputs, check_device, check_input_shape, check_kernel_shape
+from ._common import (
+    ACTIVATIONS,
+    as_inputs,
+    check_device,
+    check_input_shape,
+    check_kernel_shape,
+    check_train_memory,
+    prediction_block_rows,
+)
 from ._spectral import CALIBRATION_POINTS, evidence_diag_reg, fit_temperature, loo_outputs
 
 try:
@@ -203,6 +211,7 @@ class _InfiniteWidthEstimator(BaseEstimator):
         device = check_device(name, self.device)
         self._x_train = as_inputs(name, self.X_train_, check_input_shape(name, self.input_shape), device)
         names = ("nngp", "ntk") if self.kernel == "ntk" else ("nngp",)
+        check_train_memory(f"{name}.fit", self._x_train.shape[0], len(names), device)
         self._kernels = _TrainKernels(self.network_, self._x_train, names)
 
     def _predictor(self, options: dict[str, Any] | None = None) -> None:
@@ -223,7 +232,9 @@ class _InfiniteWidthEstimator(BaseEstimator):
         """The ensemble's mean outputs ``(N_test, C)``."""
         if x.shape[0] == 0:
             return np.empty((0, self._targets.shape[1]))
-        return self._predict_fn(t=self.t, x_test=x, get=self.kernel).cpu().numpy()
+        rows = prediction_block_rows(self._x_train.shape[0])  # test-train kernels in blocks: bounded memory
+        blocks = [x[i : i + rows] for i in range(0, x.shape[0], rows)]
+        return np.concatenate([self._predict_fn(t=self.t, x_test=b, get=self.kernel).cpu().numpy() for b in blocks])
 
     def _mean_and_cov(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Mean ``(N_test, C)`` and covariance ``(N_test, N_test)`` of the outputs."""
@@ -233,8 +244,9 @@ class _InfiniteWidthEstimator(BaseEstimator):
     def _mean_and_variance(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Mean ``(N_test, C)`` and variance ``(N_test,)``, in blocks of test points."""
         means, variances = [np.empty((0, self._targets.shape[1]))], [np.empty(0)]
-        for start in range(0, x.shape[0], _STD_BLOCK):
-            mean, cov = self._mean_and_cov(x[start : start + _STD_BLOCK])
+        rows = min(_STD_BLOCK, prediction_block_rows(self._x_train.shape[0]))
+        for start in range(0, x.shape[0], rows):
+            mean, cov = self._mean_and_cov(x[start : start + rows])
             means.append(mean)
             variances.append(np.clip(np.diagonal(cov), 0.0, None))  # ≥ 0 up to rounding
         return np.concatenate(means), np.concatenate(variances)

@@ -279,7 +279,7 @@ def _run(args: argparse.Namespace) -> list[str]:
     model = (NTKClassifier if task == "classification" else NTKRegressor)(**options)
     try:
         model.fit(x_train, y)
-    except ValueError as error:
+    except (ValueError, MemoryError) as error:  # e.g. a kernel that cannot be solved, too many rows
         raise FitError(str(error)) from None
 
     time_text = "inf" if args.t is None else f"{args.t:g}"
