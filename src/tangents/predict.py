@@ -5,7 +5,13 @@
   wide networks trained on MSE, from a ``kernel_fn``;
 * `gp_inference`: NNGP / NTK / NTKGP posteriors;
 * `gradient_descent`: gradient [momentum] flow for any differentiable loss (ODE solve);
-* `max_learning_rate`: the largest learning rate for which gradient descent on MSE converges.
+* `max_learning_rate`: the largest learning rate for which gradient descent on MSE converges;
+* `nystrom`: Nyström kernel regression solved Falkon's way, for 10⁵–10⁶ training points.
+
+The t = ∞ and finite-time paths take ``solver="cholesky" | "cg" | "auto"``: dense
+factorizations, or matrix products only (preconditioned conjugate gradients, Lanczos) over
+kernels in memory, stored on disk or recomputed from ``kernel_fn`` block by block. An
+iterative solve that stops short of its tolerance raises `ConvergenceError`.
 
 Times are in units of ``learning_rate`` and the dynamics are normalized by ``y_train.size``
 (the loss is ``0.5 * mean((f - y)**2)`` over all entries), as in neural-tangents.
@@ -20,8 +26,11 @@ from ._predict._mse import max_learning_rate as max_learning_rate
 from ._predict._ode import ODEState as ODEState
 from ._predict._ode import PredictFnODE as PredictFnODE
 from ._predict._ode import gradient_descent as gradient_descent
+from ._predict._nystrom import nystrom as nystrom
+from ._predict._solvers import ConvergenceError as ConvergenceError
 
 __all__ = [
+    "ConvergenceError",
     "Gaussian",
     "ODEState",
     "PredictFn",
@@ -31,4 +40,5 @@ __all__ = [
     "gradient_descent_mse",
     "gradient_descent_mse_ensemble",
     "max_learning_rate",
+    "nystrom",
 ]

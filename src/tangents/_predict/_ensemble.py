@@ -152,7 +152,7 @@ def gradient_descent_mse_ensemble(
             free memory; matrix products beyond).
         tol: CG stops at the relative residual ``|(K + λI)x − y| / |y| <= tol``; Lanczos
             when the prediction changes by less than ``tol`` (relative).
-        max_iter: iterations before a `ConvergenceError` (default ``min(N, 1000)``).
+        max_iter: iterations before a `ConvergenceError` (default ``min(max(N, 100), 1000)``).
         preconditioner: CG's preconditioner: ``"pivoted_cholesky"``, ``"nystrom"``,
             ``"none"`` or ``"auto"`` (Nyström for stored kernels).
         preconditioner_rank: its rank (default 200).
@@ -333,7 +333,7 @@ def gradient_descent_mse_ensemble(
                 td_product, rows = _blocked_test_train(kernel_fn, x_test, x_train, deps, kwargs_td, layout, device, sd, n_test)
             if compute_cov:
                 ktt = work(to_2d(as_tensor(kernel_fn(x_test, None, "nngp", **kwargs_tt), "k_test_test", device)), sd)
-                check_finite(ktt, f"kernel_fn(x_test, None, 'nngp')")
+                check_finite(ktt, "kernel_fn(x_test, None, 'nngp')")
 
         def times_test(g: str, w: torch.Tensor) -> torch.Tensor:
             """``K_td[g] @ w`` for ``w`` of shape ``(*lead, n, m)``."""

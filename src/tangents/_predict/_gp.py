@@ -221,7 +221,7 @@ def gp_inference(
             gradients on matrix products over blocks of the kernel) or ``"auto"`` (default:
             Cholesky up to 10,000 training outputs if it fits in free memory, else CG).
         tol: CG stops when ``|(K + λI)x − y| / |y| <= tol`` for every output column.
-        max_iter: CG iterations before a `ConvergenceError` (default ``min(N, 1000)``).
+        max_iter: CG iterations before a `ConvergenceError` (default ``min(max(N, 100), 1000)``).
         preconditioner: ``"pivoted_cholesky"``, ``"nystrom"`` (random columns: one pass
             over a stored kernel), ``"none"`` or ``"auto"`` (Nyström for stored kernels).
         preconditioner_rank: rank of the preconditioner (default 200).

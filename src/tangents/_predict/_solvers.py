@@ -90,7 +90,8 @@ class SolverOptions:
     seed: int = 0
 
     def iterations(self, n: int) -> int:
-        return self.max_iter if self.max_iter is not None else min(max(n, 1), DEFAULT_MAX_ITER)
+        """``max_iter``, or ``min(max(n, 100), 1000)`` (rounding may need more than ``n``)."""
+        return self.max_iter if self.max_iter is not None else min(max(n, 100), DEFAULT_MAX_ITER)
 
 
 def _is_int(v: Any) -> bool:
@@ -117,7 +118,7 @@ def solver_options(
             f"stops, e.g. tol=1e-6), got {tol!r}."
         )
     if max_iter is not None and (not _is_int(max_iter) or max_iter < 1):
-        raise ValueError(f"{where}: max_iter must be a positive integer or None (default: min(n, {DEFAULT_MAX_ITER})), got {max_iter!r}.")
+        raise ValueError(f"{where}: max_iter must be a positive integer or None (default: min(max(n, 100), {DEFAULT_MAX_ITER})), got {max_iter!r}.")
     if not isinstance(preconditioner, str) or preconditioner.lower() not in PRECONDITIONERS:
         raise ValueError(
             f"{where}: preconditioner={preconditioner!r} is not supported; choose from "
@@ -161,6 +162,11 @@ def conjugate_gradients(
     where: str = "cg",
     what: str = "the kernel",
     hint: str = "",
+    residual: str = "|(K + diag_reg) x - y| / |y|",
+    advice: str = (
+        "raise diag_reg (the system is better conditioned), raise preconditioner_rank, or use "
+        "solver='cholesky' if the kernel fits in memory."
+    ),
 ) -> tuple[torch.Tensor, int]:
     r"""Solves :math:`Ax = b` column by column by preconditioned conjugate gradients.
 
@@ -174,7 +180,8 @@ def conjugate_gradients(
         precondition: ``V -> P⁻¹ V`` (symmetric positive definite), or ``None``.
         tol, max_iter: stopping rule; not reaching ``tol`` in ``max_iter`` raises.
         progress: tqdm bar with the iterations and the largest residual.
-        where, what, hint: for messages (the call, the matrix, advice on failure).
+        where, what, hint, residual, advice: for messages (the call, the matrix, a diagnosis,
+            how the residual is measured, what to change).
 
     Returns:
         ``(x, iterations)``, ``x`` of shape ``(n, c)``.
@@ -202,11 +209,9 @@ def conjugate_gradients(
                 worst = float(res.max())
                 raise ConvergenceError(
                     f"{where}: conjugate gradients on {what} did not converge: after {it} "
-                    f"iterations the relative residual |(K + diag_reg) x - y| / |y| is {worst:.2e} "
-                    f"(the largest over {b.shape[1]} right-hand sides), above tol={tol:g}. {hint}"
-                    f"Raise max_iter (now {max_iter}), loosen tol, raise diag_reg (the system "
-                    f"is better conditioned), raise preconditioner_rank, or use "
-                    f"solver='cholesky' if the kernel fits in memory.",
+                    f"iterations the relative residual {residual} is {worst:.2e} (the largest over "
+                    f"{b.shape[1]} right-hand sides), above tol={tol:g}. {hint}Raise max_iter (now "
+                    f"{max_iter}), loosen tol, {advice}",
                     worst, it, tol, x,
                 )
             q = matvec(p)
@@ -229,8 +234,8 @@ def conjugate_gradients(
             res = torch.where(active, torch.linalg.vector_norm(r, dim=0) / safe_norm, res)
             active = res > tol
             it += 1
-            bar.update()
             bar.set_postfix_str(f"residual {float(res.max()):.1e}", refresh=False)
+            bar.update()
             if not bool(active.any()):
                 break
             z = apply_p(r)
@@ -418,6 +423,11 @@ class IterativeSystem:
             gen = torch.Generator().manual_seed(opts.seed)
             factor, residual, deficient = nystrom_factor(self.op, rank, diag, stop, gen)
             detail = f"the kernel among {rank} training points has eigenvalues <= {stop / scale:.1e} of its largest diagonal entry"
+        if not bool(torch.isfinite(factor).all()):
+            raise ValueError(
+                f"{self.where}: {self.what} contains NaN or infinite entries (found in the rows read "
+                f"for the preconditioner); check how it was computed."
+            )
         if lam == 0 and deficient:
             raise _singular(self.where, self.what, detail)
         # (sigma2 is used only on the complement of L's columns, empty for a full factor)
