@@ -285,11 +285,16 @@ def regularize(k2: torch.Tensor, diag_reg: float, diag_reg_absolute_scale: bool)
 
 
 class Cholesky:
-    """The Cholesky factor ``L`` of a symmetric positive definite ``K`` (float64)."""
+    """The Cholesky factor ``L`` of a symmetric positive definite ``K`` (float64); with
+    ``overwrite`` it replaces ``K`` in its memory."""
 
-    def __init__(self, k2: torch.Tensor, what: str) -> None:
+    def __init__(self, k2: torch.Tensor, what: str, overwrite: bool = False) -> None:
         check_finite(k2, what)
-        L, info = torch.linalg.cholesky_ex(k2)
+        # overwrite: factorize in place (k2 is a scratch copy), one N × N matrix less at the peak
+        if overwrite:
+            L, info = torch.linalg.cholesky_ex(k2, out=(k2, torch.empty((), dtype=torch.int32, device=k2.device)))
+        else:
+            L, info = torch.linalg.cholesky_ex(k2)
         if int(info) != 0:
             raise ValueError(
                 f"{what} is not positive definite (Cholesky failed at pivot {int(info)}), so the "

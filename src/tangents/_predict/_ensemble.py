@@ -155,7 +155,7 @@ def gradient_descent_mse_ensemble(
         max_iter: iterations before a `ConvergenceError` (default ``min(max(N, 100), 1000)``).
         preconditioner: CG's preconditioner: ``"pivoted_cholesky"``, ``"nystrom"``,
             ``"none"`` or ``"auto"`` (Nyström for stored kernels).
-        preconditioner_rank: its rank (default 200).
+        preconditioner_rank: its rank (default 500).
         progress: tqdm bars of iterations and residuals: ``True``, ``False`` or ``None``
             (shown when a solve takes over two seconds).
         k_train_train: the train-train kernels, already computed: a `tangents.Kernel`, a

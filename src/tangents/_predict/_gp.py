@@ -120,8 +120,10 @@ class GPSolver:
 
     def chol(self, g: str) -> Cholesky:
         if g not in self._chol:
-            k = regularize(self.k2(g), self.diag_reg, self.diag_reg_absolute_scale)
-            self._chol[g] = Cholesky(k, f"{self.where}: the train-train {g!r} kernel (+ diag_reg)")
+            k2 = self.k2(g)
+            k = regularize(k2, self.diag_reg, self.diag_reg_absolute_scale)
+            k = k.clone() if k is k2 else k  # a scratch copy, factorized in place
+            self._chol[g] = Cholesky(k, f"{self.where}: the train-train {g!r} kernel (+ diag_reg)", overwrite=True)
         return self._chol[g]
 
     def system(self, g: str) -> IterativeSystem:
@@ -224,7 +226,7 @@ def gp_inference(
         max_iter: CG iterations before a `ConvergenceError` (default ``min(max(N, 100), 1000)``).
         preconditioner: ``"pivoted_cholesky"``, ``"nystrom"`` (random columns: one pass
             over a stored kernel), ``"none"`` or ``"auto"`` (Nyström for stored kernels).
-        preconditioner_rank: rank of the preconditioner (default 200).
+        preconditioner_rank: rank of the preconditioner (default 500, at most what fits in an eighth of the free memory).
         progress: a tqdm bar of CG iterations and residuals: ``True``, ``False``, or ``None``
             (shown when the solve takes over two seconds).
 

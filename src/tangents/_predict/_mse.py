@@ -254,6 +254,7 @@ def finite_time(
     def fn(theta: torch.Tensor) -> torch.Tensor:
         return torch.cat([p(theta).reshape(len(tt), *theta.shape) for p in parts])
 
+    system.working_copy()
     out = lanczos_function(
         system.matvec, b, fn, tol=options.tol, max_iter=options.iterations(system.n),
         budget=memory_budget(b.device, 0.25), progress=options.progress, where=system.where, what=system.what,

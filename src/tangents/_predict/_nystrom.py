@@ -338,7 +338,7 @@ class _FalkonPreconditioner:
         jitter = m * torch.finfo(dtype).eps * max(abs(scale), 1e-300)
         singular = math.sqrt(torch.finfo(kernel_dtype).eps) * abs(scale)
         cap = max(singular, lam)
-        info = torch.ones((), dtype=torch.int32)
+        info = torch.ones((), dtype=torch.int32, device=original.device)
         while True:
             k = _symmetrize_inplace(original.to(dtype=dtype, copy=True))
             k.diagonal().add_(jitter)

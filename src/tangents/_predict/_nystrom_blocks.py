@@ -28,7 +28,7 @@ from ._operators import slice_inputs
 __all__ = ["DaskBlocks", "KernelBlock", "LocalBlocks", "compute_block", "dask_blocks"]
 
 #: Examples per call of ``kernel_fn(x_b, None)`` when the diagonal of a block is computed.
-DIAGONAL_ROWS = 64
+DIAGONAL_ROWS = 256
 
 
 @dataclasses.dataclass
