@@ -150,6 +150,22 @@ def test_shapes_are_checked(problem):
         predict.gradient_descent_mse(k, y)(1.0, torch.zeros(5), 0.0, ktd)
 
 
+def test_unsupported_combinations_say_what_to_do(problem):
+    kernel_fn, x, y, xt, k, ktd = problem
+    ens = predict.gradient_descent_mse_ensemble(kernel_fn, x, y, diag_reg=1e-4, solver="cg")
+    with pytest.raises(ValueError, match="covariance on the training inputs at finite t .* pass solver='cholesky', or x_test"):
+        ens(t=1.0, compute_cov=True)
+    # a stored kernel too large for a factorization: a MemoryError before allocating
+    class Huge:
+        shape, dtype = (10**6, 10**6), np.dtype("float32")
+
+        def __getitem__(self, key):
+            raise AssertionError("must not be read")
+
+    with pytest.raises(MemoryError, match=r"solver='cholesky' needs .* GiB .* Use solver='cg'"):
+        predict.gradient_descent_mse(Huge(), torch.zeros(10**6, 1), solver="cholesky")(None, 0.0, 0.0, np.zeros((1, 10**6)))
+
+
 def test_nystrom_arguments(problem):
     kernel_fn, x, y, xt, k, ktd = problem
     with pytest.raises(ValueError, match="n_centers must be an integer between 1 and the 12 training points, got 13"):

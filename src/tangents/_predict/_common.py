@@ -404,7 +404,10 @@ def check_bool(value: Any, name: str, where: str) -> bool:
 def check_targets(y: torch.Tensor, where: str) -> None:
     """``y_train`` must be non-empty, at least 1-D and finite."""
     if y.ndim == 0 or y.numel() == 0:
-        raise ValueError(f"{where}: y_train must have at least one example and one output, e.g. shape (N, C), got shape {tuple(y.shape)}.")
+        raise ValueError(
+            f"{where}: y_train must have at least one example and one output, e.g. shape (N, C), "
+            f"got shape {tuple(y.shape)}."
+        )
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
         bad = int((~torch.isfinite(y)).sum())
         raise ValueError(f"{where}: y_train contains {bad} NaN or infinite entries; remove or impute them.")

@@ -93,6 +93,8 @@ class GPSolver:
         op = self.operator(g)
         n = op.n
         held = isinstance(op, TensorKernel)
+        # the working copy, the regularized copy factorized in place, LAPACK's column-major
+        # copy of it, and the kernel itself when it is not already held in memory
         dense = n * n * (3 * self.dtype.itemsize + (0 if held else op.dtype.itemsize))
         return choose(self.options, n, dense, self.device, finite_t)
 

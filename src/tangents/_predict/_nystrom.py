@@ -164,7 +164,8 @@ def nystrom(
     pilot = _centre_index(centers, n_centers, n, diag_reg, gen)  # the centres, or a pilot for "leverage"
     kdtype = x_first.dtype if x_first.is_floating_point() else torch.get_default_dtype()
     out_dtype = output_dtype(torch.empty(0, dtype=kdtype))
-    info: dict[str, Any] = {"centers": None if isinstance(centers, str) and centers == "leverage" else pilot, "iterations": {}, "lambda": {}, "jitter": {}}
+    leverage = isinstance(centers, str) and centers == "leverage"
+    info: dict[str, Any] = {"centers": None if leverage else pilot, "iterations": {}, "lambda": {}, "jitter": {}}
     fitted: dict[str, torch.Tensor] = {}  # name -> alpha (M, m)
     y_work = y2.to(sd)
 
@@ -203,7 +204,10 @@ def nystrom(
         k_ss.diagonal().add_(lam * len(pilot) / n)
         factor, bad = torch.linalg.cholesky_ex(k_ss)
         if int(bad):
-            raise ValueError(f"{_WHERE}: centers='leverage': the {g!r} kernel among the pilot points is not positive definite; raise diag_reg.")
+            raise ValueError(
+                f"{_WHERE}: centers='leverage': the {g!r} kernel among the pilot points is not positive "
+                f"definite; raise diag_reg."
+            )
         src = blocks(x_train, pilot, (g,), None, n, True, False)
         try:
             parts = src.reduce(_leverage_block, g, factor, desc="nystrom: leverage scores")
@@ -211,7 +215,9 @@ def nystrom(
             src.close()
         scores = (torch.cat([p[0] for p in parts]) - torch.cat([p[1] for p in parts])).clamp_min(0) / lam
         scores = scores + 1e-12 * float(scores.max()) + 1e-300  # every point stays possible
-        return torch.multinomial(scores.cpu().to(torch.float64), int(n_centers), replacement=False, generator=gen).sort().values  # type: ignore[arg-type]
+        weights = scores.cpu().to(torch.float64)
+        drawn = torch.multinomial(weights, int(n_centers), replacement=False, generator=gen)  # type: ignore[arg-type]
+        return drawn.sort().values
 
     def fit(names: tuple[str, ...]) -> None:
         index = centres(names[0])
@@ -252,7 +258,9 @@ def nystrom(
                 out.append(pre[g].a_t(pre[g].t_t(total) + pre[g].lam * pre[g].a_inv(p)))
             return torch.cat(out, dim=1)
 
-        hint = "" if diag_reg else "diag_reg is 0: the Nyström system is then least squares and may be ill-conditioned; raise diag_reg. "
+        hint = "" if diag_reg else (
+            "diag_reg is 0: the Nyström system is then least squares and may be ill-conditioned; raise diag_reg. "
+        )
         beta, iterations = conjugate_gradients(
             matvec, b, tol=options.tol, max_iter=options.iterations(len(index)), progress=progress,
             where=_WHERE, what="the preconditioned Nyström system", hint=hint,
@@ -347,7 +355,8 @@ class _FalkonPreconditioner:
                 break
             del k
             if jitter * 10 > cap:
-                raise _singular_centres(g, m, f"its Cholesky factorization fails even with {jitter / abs(scale):.1e} of its mean diagonal added")
+                added = f"{jitter / abs(scale):.1e} of its mean diagonal"
+                raise _singular_centres(g, m, f"its Cholesky factorization fails even with {added} added")
             jitter *= 10
         del original
         smallest = float(k.diagonal().min()) ** 2  # the last pivots of a (nearly) singular kernel
@@ -477,7 +486,10 @@ def _centre_index(
         return torch.randperm(n, generator=gen)[: int(n_centers)].sort().values  # (the pilot for "leverage")
     index = torch.as_tensor(np.asarray(centers.cpu() if isinstance(centers, torch.Tensor) else centers))
     if index.ndim != 1 or index.dtype.is_floating_point or index.dtype == torch.bool or not len(index):
-        raise ValueError(f"{_WHERE}: centers must be 'uniform', 'leverage' or a non-empty 1-D array of row indices of x_train, got {centers!r}.")
+        raise ValueError(
+            f"{_WHERE}: centers must be 'uniform', 'leverage' or a non-empty 1-D array of row indices "
+            f"of x_train, got {centers!r}."
+        )
     index = index.to(torch.long)
     if int(index.min()) < 0 or int(index.max()) >= n or len(torch.unique(index)) != len(index):
         raise ValueError(f"{_WHERE}: centers must be distinct row indices between 0 and {n - 1}.")

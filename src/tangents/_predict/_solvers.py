@@ -119,7 +119,10 @@ def solver_options(
             f"stops, e.g. tol=1e-6), got {tol!r}."
         )
     if max_iter is not None and (not _is_int(max_iter) or max_iter < 1):
-        raise ValueError(f"{where}: max_iter must be a positive integer or None (default: min(max(n, 100), {DEFAULT_MAX_ITER})), got {max_iter!r}.")
+        raise ValueError(
+            f"{where}: max_iter must be a positive integer or None (default: min(max(n, 100), "
+            f"{DEFAULT_MAX_ITER})), got {max_iter!r}."
+        )
     if not isinstance(preconditioner, str) or preconditioner.lower() not in PRECONDITIONERS:
         raise ValueError(
             f"{where}: preconditioner={preconditioner!r} is not supported; choose from "
@@ -379,7 +382,10 @@ class IterativeSystem:
         if self._diag is None:
             d = self.op.diagonal().to(self.dtype)
             if not bool(torch.isfinite(d).all()):
-                raise ValueError(f"{self.where}: the diagonal of {self.what} contains NaN or infinite entries; check the kernel computation.")
+                raise ValueError(
+                    f"{self.where}: the diagonal of {self.what} contains NaN or infinite entries; check "
+                    f"the kernel computation."
+                )
             self._diag = d
         return self._diag
 
@@ -434,7 +440,8 @@ class IterativeSystem:
         lam = self.lam()
         if kind == "pivoted_cholesky":
             factor, residual, deficient = pivoted_cholesky(self.op, rank, diag, stop)
-            detail = f"a partial pivoted Cholesky factor reached a pivot <= {stop / scale:.1e} of the largest diagonal entry after {factor.shape[1]} steps"
+            detail = (f"a partial pivoted Cholesky factor reached a pivot <= {stop / scale:.1e} of the "
+                      f"largest diagonal entry after {factor.shape[1]} steps")
         else:
             gen = torch.Generator().manual_seed(opts.seed)
             factor, residual, deficient = nystrom_factor(self.op, rank, diag, stop, gen)
