@@ -195,6 +195,25 @@ def test_cg_on_stored_kernel(tmp_path, kind, monkeypatch):
     assert relative_error(auto, exact("ntk", k_td).numpy()) <= 1e-12  # the same Cholesky: 1e-15
 
 
+@pytest.mark.parametrize("solver", ["cholesky", "cg", "auto"])
+def test_stored_train_and_test_kernels_from_npy_files(tmp_path, solver):
+    """Predictions from kernels on disk without loading them by hand (#13 item 5): train-train
+    and test-train kernels as read-only ``np.load(mmap_mode="r")`` arrays (torch cannot view
+    them without copying), against the closed form ``K_td (K + λI)⁻¹ y`` written here."""
+    kernel_fn, x, y, xt = _data("fc")
+    k, ktd = kernel_fn(x, None, "ntk"), kernel_fn(xt, x, "ntk")
+    np.save(tmp_path / "k.npy", k.numpy())
+    np.save(tmp_path / "ktd.npy", ktd.numpy())
+    k_mm, ktd_mm = np.load(tmp_path / "k.npy", mmap_mode="r"), np.load(tmp_path / "ktd.npy", mmap_mode="r")
+    lam = DIAG_REG * k.diagonal().mean()
+    closed = (ktd @ torch.linalg.solve(k + lam * torch.eye(len(x)), y)).numpy()
+    gp = predict.gp_inference(k_mm, y, diag_reg=DIAG_REG, solver=solver, tol=1e-12)("ntk", ktd_mm)
+    assert relative_error(gp, closed) <= 1e-6  # measured 1e-12 (CG), 4e-15 (Cholesky, also "auto")
+    mse = predict.gradient_descent_mse(k_mm, y, diag_reg=DIAG_REG, solver=solver, tol=1e-12)(None, 0.0, 0.0, ktd_mm)[1]
+    assert relative_error(mse, closed) <= 1e-6  # measured as above
+    np.testing.assert_array_equal(np.load(tmp_path / "k.npy"), k.numpy())  # the files are untouched
+
+
 # ---------------------------------------------------------------------- recomputed blocks, auto
 
 

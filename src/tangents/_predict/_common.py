@@ -46,7 +46,10 @@ def as_tensor(x: Any, name: str, device: torch.device | None = None) -> torch.Te
     if isinstance(x, torch.Tensor):
         t = x if device is None else x.to(device)
     elif isinstance(x, (np.ndarray, np.generic, float, int)) and not isinstance(x, bool):
-        t = torch.as_tensor(np.asarray(x), device=device)
+        a = np.asarray(x)
+        if not a.flags.writeable:  # torch cannot view a read-only array (np.load(mmap_mode="r"))
+            a = a.copy()
+        t = torch.as_tensor(a, device=device)
     else:
         raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a number, got {type(x).__name__}.")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):

@@ -4,10 +4,12 @@ The iterative solvers (conjugate gradients, Lanczos) need only ``K @ V``, a few 
 ``K`` and its diagonal. `KernelOperator` provides them for the flattened ``(n, n)`` kernel
 (``n = N · prod(other non-trace axes)``, see `_common.Layout`) from three sources:
 
-* `TensorKernel`: a kernel in memory (a torch tensor or numpy array, also ``np.memmap``);
+* `TensorKernel`: a kernel in memory (a torch tensor or writable numpy array, also
+  ``np.memmap``);
 * `StoredKernel`: anything with a 2-D (or interleaved) ``.shape`` whose ``[rows]`` and
   ``[rows, cols]`` slices return numpy arrays or torch tensors — a kernel store's arrays
-  (``store["ntk"]``), zarr arrays, h5py datasets;
+  (``store["ntk"]``), zarr arrays, h5py datasets, read-only numpy arrays (``np.load(...,
+  mmap_mode="r")``);
 * `FunctionKernel`: blocks ``kernel_fn(x_train[rows], x_train, g)`` recomputed whenever they
   are needed, the first ones kept while they fit in the memory budget.
 
@@ -50,8 +52,12 @@ def memory_budget(device: torch.device, fraction: float = 0.5) -> int:
 
 
 def is_stored(k: Any) -> bool:
-    """Whether ``k`` is an array-like read by slices (not a torch tensor or numpy array)."""
-    if isinstance(k, (torch.Tensor, np.ndarray)):
+    """Whether ``k`` is an array-like read by slices (not a torch tensor or writable numpy
+    array). A read-only numpy array (``np.load(..., mmap_mode="r")``) is read by slices too:
+    torch cannot view it without copying."""
+    if isinstance(k, np.ndarray):
+        return not k.flags.writeable and k.ndim >= 2
+    if isinstance(k, torch.Tensor):
         return False
     shape = getattr(k, "shape", None)
     return shape is not None and hasattr(k, "__getitem__") and hasattr(k, "dtype") and len(tuple(shape)) >= 2
@@ -67,7 +73,10 @@ def as_block(a: Any, device: torch.device) -> torch.Tensor:
     """A slice read from a store (numpy, torch or array-like) as a torch tensor on ``device``."""
     if isinstance(a, torch.Tensor):
         return a.to(device)
-    return torch.as_tensor(np.ascontiguousarray(np.asarray(a)), device=device)
+    a = np.ascontiguousarray(np.asarray(a))
+    if not a.flags.writeable:  # a read-only slice (np.load(mmap_mode="r")): torch needs a copy
+        a = a.copy()
+    return torch.as_tensor(a, device=device)
 
 
 def slice_inputs(x: Any, rows: Any) -> Any:
