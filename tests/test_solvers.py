@@ -90,6 +90,47 @@ def test_nystrom_with_all_centres_equals_cholesky(net):
     assert relative_error(ny(get="ntk"), closed.numpy()) <= 1e-6  # measured 8e-13
 
 
+@pytest.mark.parametrize("centers", ["uniform", "leverage"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_nystrom_with_fewer_centres_equals_its_closed_form(centers, dtype):
+    """M < N: the Nyström estimator K_tC α, (K_nCᵀ K_nC + λ K_CC) α = K_nCᵀ y, written here
+    with torch.linalg.solve in float64 on the centres the call chose; float32 inputs give
+    float32 kernels solved in float64."""
+    kernel_fn, x, y, xt = _data("fc", outputs=3)
+    x, xt = x.to(dtype), xt.to(dtype)
+    ny = predict.nystrom(kernel_fn, x, y, n_centers=20, diag_reg=DIAG_REG, centers=centers, seed=0, tol=1e-12)
+    out = ny(x_test=xt, get="ntk")
+    assert out.dtype == dtype and out.shape == (len(xt), 3)
+    c = ny.info["centers"]
+    assert len(c) == 20 and len(set(c.tolist())) == 20  # M distinct training points
+    k_nc, k_tc = kernel_fn(x, x[c], "ntk").double(), kernel_fn(xt, x[c], "ntk").double()
+    k_cc = kernel_fn(x[c], None, "ntk").double()
+    # the rows of the centres themselves as kernel_fn(x_C, None) computes them (as tangents.batch
+    # does): kernel_fn(x, x2) at coincident points differs by 5e-5 relative (arccos of a
+    # correlation rounded below 1), which the normal equations (condition 4e4) amplify to 4e-6
+    k_nc[c] = k_cc
+    lam = DIAG_REG * kernel_fn(x, None, "ntk").double().diagonal().mean()
+    alpha = torch.linalg.solve(k_nc.T @ k_nc + lam * k_cc, k_nc.T @ y)
+    # measured 4e-13 (float64), 3e-8 (float32: the output's rounding; the reference solves the
+    # same float32 kernel entries in float64)
+    assert relative_error(out, (k_tc @ alpha).numpy()) <= 1e-6
+
+
+def test_leverage_centres_find_the_isolated_points():
+    """40 copies (up to 1e-6) of one input and 8 distinct ones: ridge leverage scores are about
+    1/40 on the copies and about 1 on the others, so centers='leverage' picks the distinct
+    points that a uniform sample of 8 mostly misses."""
+    kernel_fn, x, y, xt = _data("fc")
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([x[:1] + 1e-6 * torch.randn(40, 5, generator=g), x[1:9]])
+    ny = predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=1e-2, centers="leverage", seed=0)
+    ny(x_test=xt, get="ntk")
+    isolated = int((ny.info["centers"] >= 40).sum())
+    # measured 6 of 8 (seeds 0-4: 6, 6, 7, 8, 6); a uniform sample of 8 holds 1.3 on average and
+    # 5 or more with probability 1.5e-3 (hypergeometric)
+    assert isolated >= 5
+
+
 def test_cg_float32_kernel_float64_solve():
     """A float32 kernel is solved in float64 (blocks converted one at a time): the answer is
     the float64 solve of the float32-rounded kernel, to CG's tolerance."""
