@@ -148,6 +148,29 @@ def test_shapes_are_checked(problem):
         predict.gp_inference(k, torch.zeros(0, 2))
     with pytest.raises(ValueError, match=r"fx_train_0 has shape \(5,\), which does not broadcast to the outputs' shape \(12, 2\)"):
         predict.gradient_descent_mse(k, y)(1.0, torch.zeros(5), 0.0, ktd)
+    # a train-train kernel that does not match the targets is named at construction
+    with pytest.raises(ValueError, match=r"gp_inference: k_train_train has shape \(12, 12\), but y_train has shape \(11, 2\)"):
+        predict.gp_inference(k, y[:11])
+
+
+def test_gradient_descent_arguments(problem):
+    """The ODE predictor (any loss) checks like the others: NaN targets, learning_rate, momentum."""
+    kernel_fn, x, y, xt, k, ktd = problem
+
+    def loss(f, target):
+        return 0.5 * ((f - target) ** 2).sum()
+
+    bad_y = y.clone()
+    bad_y[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="gradient_descent: y_train contains 1 NaN or infinite entries"):
+        predict.gradient_descent(loss, k, bad_y)
+    for lr in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="gradient_descent: learning_rate must be > 0 and finite"):
+            predict.gradient_descent(loss, k, y, learning_rate=lr)
+    with pytest.raises(ValueError, match=r"gradient_descent: momentum must be >= 0 and finite, got -0.5"):
+        predict.gradient_descent(loss, k, y, momentum=-0.5)
+    with pytest.raises(ValueError, match=r"gradient_descent: momentum must be in \[0, 1\] .*got 1.5"):
+        predict.gradient_descent(loss, k, y, momentum=1.5)
 
 
 def test_unsupported_combinations_say_what_to_do(problem):

@@ -261,6 +261,7 @@ def gp_inference(
     y = as_tensor(y_train, "y_train", device)
     check_targets(y, where)
     layout = Layout(tuple(y.shape), trace_axes)
+    layout.check_kernel(first, f"{where}: k_train_train", layout.non_trace_shape)  # before any work
 
     def train_kernel(g: str) -> Any:
         k = get_attr(k_train_train, g, f"{where}: k_train_train")
