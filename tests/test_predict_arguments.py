@@ -214,3 +214,19 @@ def test_nystrom_arguments(problem):
     assert ny.info["centers"].tolist() == [0, 2, 4, 6, 8, 10]
     one_output = predict.nystrom(kernel_fn, x, y[:, 0], n_centers=6, diag_reg=1e-3, seed=0)(x_test=xt, get="ntk")
     assert one_output.shape == (3,)
+
+
+def test_max_learning_rate_arguments(problem):
+    kernel_fn, x, y, xt, k, ktd = problem
+    with pytest.raises(ValueError, match=r"max_learning_rate: y_train_size must be >= 1 .*got -3"):
+        predict.max_learning_rate(k, -3)
+    with pytest.raises(TypeError, match=r"max_learning_rate: y_train_size must be an int .*got float 2.5"):
+        predict.max_learning_rate(k, 2.5)
+    with pytest.raises(ValueError, match=r"max_learning_rate: momentum must be in \[0, 1\], got 2.0"):
+        predict.max_learning_rate(k, momentum=2.0)
+    with pytest.raises(ValueError, match=r"max_learning_rate: momentum must be >= 0 and finite, got nan"):
+        predict.max_learning_rate(k, momentum=float("nan"))
+    with pytest.raises(ValueError, match=r"max_learning_rate: eps must be >= 0 and finite"):
+        predict.max_learning_rate(k, eps=-1.0)
+    with pytest.raises(ValueError, match=r"largest eigenvalue of ntk_train_train is -.* <= 0.*positive semi-definite"):
+        predict.max_learning_rate(-k)  # a negated kernel would give a negative "learning rate"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Protocol, Union
 
+import numpy as np
 import torch
 
 from ._common import (
@@ -290,6 +291,18 @@ def max_learning_rate(
     Example:
         >>> lr = predict.max_learning_rate(kernel_fn(x_train, None, "ntk"), y_train.numel())
     """
+    where = "max_learning_rate"
+    if y_train_size is not None:
+        if isinstance(y_train_size, bool) or not isinstance(y_train_size, (int, np.integer)):
+            raise TypeError(
+                f"{where}: y_train_size must be an int (y_train.numel()) or None, got "
+                f"{type(y_train_size).__name__} {y_train_size!r}."
+            )
+        if y_train_size < 1:
+            raise ValueError(f"{where}: y_train_size must be >= 1 (y_train.numel()), got {y_train_size!r}.")
+    if check_number(momentum, "momentum", where) > 1:
+        raise ValueError(f"{where}: momentum must be in [0, 1], got {momentum!r}; pass e.g. momentum=0.9.")
+    eps = check_number(eps, "eps", where)
     k = as_tensor(ntk_train_train, "ntk_train_train")
     if k.ndim % 2 or k.ndim == 0:
         raise ValueError(f"max_learning_rate: ntk_train_train must be (N, N) or interleaved pairs, got shape {tuple(k.shape)}.")
@@ -299,4 +312,9 @@ def max_learning_rate(
     check_finite(k2, "ntk_train_train")
     factor = k2.shape[0] if y_train_size is None else int(y_train_size)
     max_eval = float(torch.linalg.eigvalsh(0.5 * (k2 + k2.T))[-1])
+    if max_eval + eps <= 0:
+        raise ValueError(
+            f"{where}: the largest eigenvalue of ntk_train_train is {max_eval:.3e} <= 0, so no learning rate "
+            f"is bounded by it; an NTK is positive semi-definite: pass kernel_fn(x_train, None, 'ntk')."
+        )
     return 2 * (1 + float(momentum)) * factor / (max_eval + eps)
