@@ -19,9 +19,11 @@ Parts (``--parts``, all by default):
   kernels, each in its own process: kernel time, solve time, CG iterations, peak RSS, and the
   largest difference between the two predictions (relative to their largest entry);
 * ``nystrom``: ``N = 200,000`` (quick 20,000), ``predict.nystrom`` with ``M`` = 2,000, 5,000,
-  10,000, 20,000 (quick 250, 500, 1,000) uniform centres: time (fit and test predictions),
-  peak RSS (the worker's whole resident set, kept under ``--memory-gb`` by limiting the
-  blocks of ``K(X, centres)`` kept between CG iterations), CG iterations, test accuracy;
+  10,000, 20,000 (quick 250, 500, 1,000) uniform centres (``--nystrom-centers
+  uniform,leverage`` adds leverage-score centres: one more pass each): time (fit and test
+  predictions), peak RSS (the worker's whole resident set, kept under ``--memory-gb`` by
+  limiting the blocks of ``K(X, centres)`` kept between CG iterations), CG iterations, test
+  accuracy;
 * ``gap``: ``N = 20,000`` (quick 4,000): the exact solve's test accuracy, and Nyström's at
   ``M`` = 1,000, 2,000, 5,000, 10,000 (quick 250, 500, 1,000, 2,000): the gap in points;
 * ``scaling``: Nyström at fixed ``M = 1,000`` (quick 250) for ``N`` = 10⁴, 3·10⁴, 10⁵,
@@ -191,9 +193,11 @@ def part_nystrom(args, base: dict) -> dict:
     n = 20_000 if args.quick else 200_000
     ms = args.nystrom_m or ([250, 500, 1000] if args.quick else [2000, 5000, 10000, 20000])
     rows = []
-    for m in ms:
-        rows.append(_run({**base, "kind": "nystrom", "n": n, "m": m, "memory_gb": args.memory_gb}, args))
-        print(f"  nystrom part: M={m} done ({fmt(rows[-1].get('wall_s'))} s)", flush=True)
+    for centers in args.nystrom_centers.split(","):
+        for m in ms:
+            rows.append(_run({**base, "kind": "nystrom", "n": n, "m": m, "centers": centers,
+                              "memory_gb": args.memory_gb}, args))
+            print(f"  nystrom part: M={m} {centers} done ({fmt(rows[-1].get('wall_s'))} s)", flush=True)
     return {"n": n, "rows": rows}
 
 
@@ -241,11 +245,11 @@ def report(res: dict) -> str:
                    + f"\n\nlargest difference of the predictions (relative): {fmt(r.get('max_rel_diff'), '.1e')}")
     if "nystrom" in res:
         r = res["nystrom"]
-        rows = [[w["cfg"]["m"], fmt(w.get("total_s")), fmt(w.get("peak_rss_gb"), ".2f"), fmt(w.get("kernel_nm_gb"), ".1f"),
+        rows = [[w["cfg"]["m"], w["cfg"].get("centers", "uniform"), fmt(w.get("total_s")), fmt(w.get("peak_rss_gb"), ".2f"), fmt(w.get("kernel_nm_gb"), ".1f"),
                  fmt(w.get("cache_gb"), ".1f"), ",".join(map(str, w.get("iterations", []))) or "-",
                  fmt(w.get("accuracy"), ".4f"), w.get("error", "")] for w in r["rows"]]
-        out.append(f"Nyström, N = {r['n']:,} (uniform centres):\n\n"
-                   + markdown_table(["M", "time (s)", "peak RSS (GiB)", "K(X,C) float32 (GiB)", "blocks kept (GiB)",
+        out.append(f"Nyström, N = {r['n']:,}:\n\n"
+                   + markdown_table(["M", "centres", "time (s)", "peak RSS (GiB)", "K(X,C) float32 (GiB)", "blocks kept (GiB)",
                                      "CG iterations", "test accuracy", "error"], rows))
     if "gap" in res:
         r = res["gap"]
@@ -275,6 +279,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, about 3 minutes")
     parser.add_argument("--parts", default="cg,nystrom,gap,scaling", help="comma-separated: cg,nystrom,gap,scaling")
     parser.add_argument("--nystrom-m", type=int, nargs="*", default=None, help="M values of the nystrom part")
+    parser.add_argument("--nystrom-centers", default="uniform",
+                        help="centres of the nystrom part: uniform, leverage or uniform,leverage")
     parser.add_argument("--memory-gb", type=float, default=7.5, help="resident memory target of a Nyström worker")
     parser.add_argument("--exact-solver", default="cholesky", choices=["cholesky", "cg"],
                         help="the exact solve of the gap part (cg: tol=1e-9, a quarter of Cholesky's memory)")
