@@ -24,8 +24,9 @@ Parts (``--parts``, all by default):
   predictions), peak RSS (the worker's whole resident set, kept under ``--memory-gb`` by
   limiting the blocks of ``K(X, centres)`` kept between CG iterations), CG iterations, test
   accuracy;
-* ``gap``: ``N = 20,000`` (quick 4,000): the exact solve's test accuracy, and Nyström's at
-  ``M`` = 1,000, 2,000, 5,000, 10,000 (quick 250, 500, 1,000, 2,000): the gap in points;
+* ``gap``: ``N = 20,000`` (quick 4,000; ``--gap-n``): the exact solve's test accuracy, and
+  Nyström's (uniform and leverage centres) at ``M`` = 1,000, 2,000, 5,000, 10,000 (quick 250,
+  500, 1,000, 2,000; ``--gap-m``): the gap in points;
 * ``scaling``: Nyström at fixed ``M = 1,000`` (quick 250) for ``N`` = 10⁴, 3·10⁴, 10⁵,
   3·10⁵, 10⁶ (quick 2,500 … 40,000): time against ``N`` and the fitted exponent of
   ``time ∝ N^p`` (linear: ``p ≈ 1``).
@@ -202,8 +203,8 @@ def part_nystrom(args, base: dict) -> dict:
 
 
 def part_gap(args, base: dict) -> dict:
-    n = 4_000 if args.quick else 20_000
-    ms = [250, 500, 1000, 2000] if args.quick else [1000, 2000, 5000, 10000]
+    n = args.gap_n or (4_000 if args.quick else 20_000)
+    ms = args.gap_m or ([250, 500, 1000, 2000] if args.quick else [1000, 2000, 5000, 10000])
     exact = _run({**base, "kind": "exact", "n": n, "solver": args.exact_solver, "tol": 1e-9}, args)
     rows = []
     for m in ms:
@@ -281,6 +282,8 @@ def main() -> None:
     parser.add_argument("--nystrom-m", type=int, nargs="*", default=None, help="M values of the nystrom part")
     parser.add_argument("--nystrom-centers", default="uniform",
                         help="centres of the nystrom part: uniform, leverage or uniform,leverage")
+    parser.add_argument("--gap-n", type=int, default=None, help="N of the gap part (default 20,000; quick 4,000)")
+    parser.add_argument("--gap-m", type=int, nargs="*", default=None, help="M values of the gap part")
     parser.add_argument("--memory-gb", type=float, default=7.5, help="resident memory target of a Nyström worker")
     parser.add_argument("--exact-solver", default="cholesky", choices=["cholesky", "cg"],
                         help="the exact solve of the gap part (cg: tol=1e-9, a quarter of Cholesky's memory)")
