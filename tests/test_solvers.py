@@ -17,6 +17,7 @@ from reference_cases import relative_error
 from tangents import predict, stax
 from tangents._predict import _ensemble, _mse, _operators, _solvers
 
+
 # Tiny products on a shared 2-core machine are many times slower with two spin-waiting
 # OpenMP threads than with one; these tests only do tiny products.
 @pytest.fixture(autouse=True)

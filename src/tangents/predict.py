@@ -23,10 +23,10 @@ from ._predict._gp import gp_inference as gp_inference
 from ._predict._mse import PredictFn as PredictFn
 from ._predict._mse import gradient_descent_mse as gradient_descent_mse
 from ._predict._mse import max_learning_rate as max_learning_rate
+from ._predict._nystrom import nystrom as nystrom
 from ._predict._ode import ODEState as ODEState
 from ._predict._ode import PredictFnODE as PredictFnODE
 from ._predict._ode import gradient_descent as gradient_descent
-from ._predict._nystrom import nystrom as nystrom
 from ._predict._solvers import ConvergenceError as ConvergenceError
 
 __all__ = [

@@ -32,7 +32,15 @@ from ._common import (
     work,
     zip_pairs,
 )
-from ._operators import KernelOperator, StoredKernel, TensorKernel, as_block, is_stored, memory_budget, rows_matmul
+from ._operators import (
+    KernelOperator,
+    StoredKernel,
+    TensorKernel,
+    as_block,
+    is_stored,
+    memory_budget,
+    rows_matmul,
+)
 from ._solvers import IterativeSystem, SolverOptions, choose, solver_options
 
 

@@ -32,10 +32,10 @@ from ._operators import KernelOperator, StoredKernel, TensorKernel, memory_budge
 __all__ = [
     "AUTO_CHOLESKY_MAX",
     "AUTO_EIGH_MAX",
+    "SOLVERS",
     "ConvergenceError",
     "IterativeSystem",
     "LowRankPreconditioner",
-    "SOLVERS",
     "SolverOptions",
     "choose",
     "conjugate_gradients",
