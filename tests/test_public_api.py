@@ -22,7 +22,7 @@ PUBLIC: dict[str, set[str]] = {
     "tangents.predict": {
         "Gaussian", "ODEState", "PredictFn", "PredictFnODE", "gp_inference", "gradient_descent",
         "gradient_descent_mse", "gradient_descent_mse_ensemble", "max_learning_rate",
-        "log_marginal_likelihood", "MarginalLikelihood",
+        "log_marginal_likelihood", "MarginalLikelihood", "ConvergenceError", "nystrom",
     },
     "tangents.blocks": {
         "Block", "BlockPlan", "BlockProgress", "available_memory", "batch", "block_arguments",

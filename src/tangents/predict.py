@@ -8,6 +8,12 @@
 * `max_learning_rate`: the largest learning rate for which gradient descent on MSE converges;
 * `log_marginal_likelihood`, `MarginalLikelihood`: the evidence of a kernel, and a network's
   hyperparameters learned by maximising it with any ``torch.optim`` optimizer.
+* `nystrom`: Nyström kernel regression solved Falkon's way, for 10⁵–10⁶ training points.
+
+The t = ∞ and finite-time paths take ``solver="cholesky" | "cg" | "auto"``: dense
+factorizations, or matrix products only (preconditioned conjugate gradients, Lanczos) over
+kernels in memory, stored on disk or recomputed from ``kernel_fn`` block by block. An
+iterative solve that stops short of its tolerance raises `ConvergenceError`.
 
 Times are in units of ``learning_rate`` and the dynamics are normalized by ``y_train.size``
 (the loss is ``0.5 * mean((f - y)**2)`` over all entries), as in neural-tangents.
@@ -21,11 +27,14 @@ from ._predict._likelihood import log_marginal_likelihood as log_marginal_likeli
 from ._predict._mse import PredictFn as PredictFn
 from ._predict._mse import gradient_descent_mse as gradient_descent_mse
 from ._predict._mse import max_learning_rate as max_learning_rate
+from ._predict._nystrom import nystrom as nystrom
 from ._predict._ode import ODEState as ODEState
 from ._predict._ode import PredictFnODE as PredictFnODE
 from ._predict._ode import gradient_descent as gradient_descent
+from ._predict._solvers import ConvergenceError as ConvergenceError
 
 __all__ = [
+    "ConvergenceError",
     "Gaussian",
     "MarginalLikelihood",
     "ODEState",
@@ -37,4 +46,5 @@ __all__ = [
     "gradient_descent_mse_ensemble",
     "log_marginal_likelihood",
     "max_learning_rate",
+    "nystrom",
 ]

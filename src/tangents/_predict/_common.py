@@ -46,7 +46,10 @@ def as_tensor(x: Any, name: str, device: torch.device | None = None) -> torch.Te
     if isinstance(x, torch.Tensor):
         t = x if device is None else x.to(device)
     elif isinstance(x, (np.ndarray, np.generic, float, int)) and not isinstance(x, bool):
-        t = torch.as_tensor(np.asarray(x), device=device)
+        a = np.asarray(x)
+        if not a.flags.writeable:  # torch cannot view a read-only array (np.load(mmap_mode="r"))
+            a = a.copy()
+        t = torch.as_tensor(a, device=device)
     else:
         raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a number, got {type(x).__name__}.")
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)):
@@ -85,9 +88,14 @@ def check_finite(x: torch.Tensor, name: str) -> None:
 
 def canonical_axes(axes: Axes, ndim: int, name: str = "trace_axes") -> tuple[int, ...]:
     """Sorted non-negative axes (neural-tangents' ``canonicalize_axis``)."""
-    axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+    try:
+        axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints (axes of y_train), got {axes!r}.") from None
     out = []
     for a in axes:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"{name} must be an int or a sequence of ints (axes of y_train), got {axes!r}.")
         if not -ndim <= int(a) < ndim:
             raise ValueError(f"{name}={axes} is out of range for y_train with {ndim} dimensions.")
         out.append(int(a) % ndim)
@@ -120,13 +128,14 @@ class Layout:
     def check_kernel(self, k: torch.Tensor, name: str, rows: Sequence[int] | None = None) -> None:
         """Checks that ``k`` pairs ``rows`` (default: the train axes) with the train axes."""
         want_cols = self.non_trace_shape
-        ok = k.ndim == 2 * len(want_cols) and tuple(k.shape[1::2]) == want_cols
+        shape = tuple(int(s) for s in k.shape)
+        ok = len(shape) == 2 * len(want_cols) and shape[1::2] == want_cols
         if ok and rows is not None:
-            ok = tuple(k.shape[0::2]) == tuple(rows)
+            ok = shape[0::2] == tuple(rows)
         if not ok:
             pairs = ", ".join(f"{'*' if rows is None else r}, {d}" for r, d in zip(rows or want_cols, want_cols))
             raise ValueError(
-                f"{name} has shape {tuple(k.shape)}, but y_train has shape "
+                f"{name} has shape {shape}, but y_train has shape "
                 f"{self.non_trace_shape + self.trace_shape} with trace_axes={self.trace}: the kernel "
                 f"must have the interleaved shape ({pairs}) over the non-trace axes of y_train"
                 f"{' (* = any number of test points)' if rows is None else ''}. "
@@ -146,7 +155,7 @@ class Layout:
 
     def rows_shape(self, k: torch.Tensor) -> tuple[int, ...]:
         """The test shape (non-trace) of a test-train kernel: its even axes."""
-        return tuple(k.shape[0::2])
+        return tuple(int(s) for s in k.shape[0::2])
 
 
 def to_2d(k: torch.Tensor) -> torch.Tensor:
@@ -182,6 +191,11 @@ def canonical_get(get: Get, allowed: Sequence[str], where: str) -> tuple[bool, t
     if get is None:
         return False, ("nngp", "ntk")
     is_str = isinstance(get, str)
+    if not is_str and not (isinstance(get, (tuple, list)) and all(isinstance(g, str) for g in get)):
+        raise TypeError(
+            f"{where}: get must be a name ({', '.join(map(repr, allowed))}), a tuple of names or "
+            f"None, got {get!r}."
+        )
     names = (get,) if is_str else tuple(get)
     if not names:
         raise ValueError(f"{where}: get must be a name, a non-empty tuple of names or None, got ().")
@@ -209,24 +223,52 @@ def named_output(is_str: bool, names: tuple[str, ...], out: dict[str, Any]) -> A
 
 def get_attr(k: Any, g: str, name: str) -> Any:
     """``k`` itself if it is an array, else its ``nngp``/``ntk`` attribute (duck-typed)."""
-    if isinstance(k, (torch.Tensor, np.ndarray)):
+    if _is_array(k):
         return k
-    if not hasattr(k, g) or getattr(k, g) is None:
+    value = getattr(k, g, None)
+    if value is None and _is_mapping(k):
+        value = _item(k, g)
+    if value is None:
         raise ValueError(
             f"{name} has no {g!r} kernel: pass a tensor, or a Kernel / named tuple with a {g!r} field "
-            f"(e.g. kernel_fn(x1, x2, ('nngp', 'ntk')))."
+            f"(e.g. kernel_fn(x1, x2, ('nngp', 'ntk'))), or a kernel store holding {g!r}."
         )
-    return getattr(k, g)
+    return value
+
+
+def _is_array(k: Any) -> bool:
+    """A tensor, a numpy array, or a stored array (``.shape``, ``.dtype`` and slicing)."""
+    if isinstance(k, (torch.Tensor, np.ndarray)):
+        return True
+    shape = getattr(k, "shape", None)
+    return shape is not None and hasattr(k, "dtype") and hasattr(k, "__getitem__")
+
+
+def _is_mapping(k: Any) -> bool:
+    """A kernel store or zarr group: kernels by name, ``k["ntk"]``."""
+    return not _is_array(k) and hasattr(k, "__getitem__") and not isinstance(k, (tuple, list, str))
+
+
+def _item(k: Any, g: str) -> Any:
+    try:
+        return k[g]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def first_kernel(k: Any) -> Any:
-    if isinstance(k, (torch.Tensor, np.ndarray)):
+    if _is_array(k):
         return k
     for g in ("nngp", "ntk"):
         v = getattr(k, g, None)
+        if v is None and _is_mapping(k):
+            v = _item(k, g)
         if v is not None:
             return v
-    raise TypeError(f"expected a tensor or an object with 'nngp'/'ntk' fields, got {type(k).__name__}.")
+    raise TypeError(
+        f"expected a tensor, an array, a stored array or an object with 'nngp'/'ntk' fields "
+        f"(a Kernel, a named tuple, a kernel store), got {type(k).__name__}."
+    )
 
 
 # ---------------------------------------------------------------------- factorizations
@@ -235,8 +277,8 @@ def first_kernel(k: Any) -> Any:
 def regularize(k2: torch.Tensor, diag_reg: float, diag_reg_absolute_scale: bool) -> torch.Tensor:
     """``K + diag_reg · s · I`` with ``s = 1`` if absolute, else the mean of ``diag(K)``."""
     diag_reg = float(diag_reg)
-    if diag_reg < 0:
-        raise ValueError(f"diag_reg must be >= 0, got {diag_reg}.")
+    if not diag_reg >= 0 or not math.isfinite(diag_reg):
+        raise ValueError(f"diag_reg must be >= 0 and finite, got {diag_reg}.")
     if diag_reg == 0:
         return k2
     scale = 1.0 if diag_reg_absolute_scale else torch.diagonal(k2).mean()
@@ -246,11 +288,16 @@ def regularize(k2: torch.Tensor, diag_reg: float, diag_reg_absolute_scale: bool)
 
 
 class Cholesky:
-    """The Cholesky factor ``L`` of a symmetric positive definite ``K`` (float64)."""
+    """The Cholesky factor ``L`` of a symmetric positive definite ``K`` (float64); with
+    ``overwrite`` it replaces ``K`` in its memory."""
 
-    def __init__(self, k2: torch.Tensor, what: str) -> None:
+    def __init__(self, k2: torch.Tensor, what: str, overwrite: bool = False) -> None:
         check_finite(k2, what)
-        L, info = torch.linalg.cholesky_ex(k2)
+        # overwrite: factorize in place (k2 is a scratch copy), one N × N matrix less at the peak
+        if overwrite:
+            L, info = torch.linalg.cholesky_ex(k2, out=(k2, torch.empty((), dtype=torch.int32, device=k2.device)))
+        else:
+            L, info = torch.linalg.cholesky_ex(k2)
         if int(info) != 0:
             raise ValueError(
                 f"{what} is not positive definite (Cholesky failed at pivot {int(info)}), so the "
@@ -314,8 +361,69 @@ def times(
 ) -> tuple[torch.Tensor, tuple[int, ...]]:
     """``(lr · t)`` flattened to ``(T, 1)`` in ``dtype``, and the original shape of ``t``."""
     if isinstance(t, (list, tuple)):
-        t = np.asarray(t, dtype=np.float64)
-    t = as_tensor(t, "t", device).to(dtype) * float(learning_rate)
+        try:
+            t = np.asarray(t, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"t must be a number, an array of numbers or None (t = ∞), got {t!r}.") from None
+    t = as_tensor(t, "t", device).to(dtype)
     if bool(torch.isnan(t).any()):
-        raise ValueError("t contains NaN.")
+        raise ValueError("t contains NaN; pass training times >= 0, or None for t = ∞.")
+    if t.numel() and float(t.min()) < 0:
+        raise ValueError(
+            f"t must be >= 0 (training time, in units of learning_rate), got {float(t.min()):g}; "
+            f"t=0 is the prior (initialization) and t=None is the end of training (t = ∞)."
+        )
+    t = t * float(learning_rate)
     return t.reshape(-1, 1), tuple(t.shape)
+
+
+# ---------------------------------------------------------------------- argument checks
+
+
+def check_number(value: Any, name: str, where: str, *, positive: bool = False, allow_none: bool = False) -> Any:
+    """A finite real number ``>= 0`` (``> 0`` if ``positive``), else a ValueError/TypeError
+    naming ``name``; returns it as a float."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{where}: {name} must be a real number, got {type(value).__name__} {value!r}.")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"{where}: {name} must be {bound} and finite, got {value!r}.")
+    return v
+
+
+def check_bool(value: Any, name: str, where: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
+def check_targets(y: torch.Tensor, where: str) -> None:
+    """``y_train`` must be non-empty, at least 1-D and finite."""
+    if y.ndim == 0 or y.numel() == 0:
+        raise ValueError(
+            f"{where}: y_train must have at least one example and one output, e.g. shape (N, C), "
+            f"got shape {tuple(y.shape)}."
+        )
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        bad = int((~torch.isfinite(y)).sum())
+        raise ValueError(f"{where}: y_train contains {bad} NaN or infinite entries; remove or impute them.")
+
+
+def broadcast_outputs(f: torch.Tensor, shape: tuple[int, ...], name: str, where: str) -> torch.Tensor:
+    """``f`` broadcast to ``shape`` (the outputs it stands for), or a ValueError naming it."""
+    if not bool(torch.isfinite(f).all()):
+        raise ValueError(f"{where}: {name} contains NaN or infinite entries.")
+    try:
+        return torch.broadcast_to(f, shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{where}: {name} has shape {tuple(f.shape)}, which does not broadcast to the outputs' "
+            f"shape {shape}; pass a scalar or an array of that shape."
+        ) from None

@@ -10,7 +10,18 @@ import numpy as np
 import scipy.integrate
 import torch
 
-from ._common import ArrayLike, Axes, Layout, as_tensor, check_finite, output_dtype, to_2d, work
+from ._common import (
+    ArrayLike,
+    Axes,
+    Layout,
+    as_tensor,
+    check_finite,
+    check_number,
+    check_targets,
+    output_dtype,
+    to_2d,
+    work,
+)
 from ._mse import check_inputs
 
 _WHERE = "gradient_descent predict_fn"
@@ -97,16 +108,20 @@ def gradient_descent(
     k = as_tensor(k_train_train, "k_train_train")
     device = k.device
     y = as_tensor(y_train, "y_train", device)
+    check_targets(y, "gradient_descent")
     layout = Layout(tuple(y.shape), trace_axes)
     layout.check_kernel(k, "gradient_descent: k_train_train", layout.non_trace_shape)
     dtype = output_dtype(k)
     k2 = work(to_2d(k))
     check_finite(k2, "k_train_train")
     y64 = work(y)
-    lr = float(learning_rate)
-    if lr <= 0:
-        raise ValueError(f"gradient_descent: learning_rate must be > 0, got {learning_rate}.")
+    lr = check_number(learning_rate, "learning_rate", "gradient_descent", positive=True)
     if momentum is not None:
+        if check_number(momentum, "momentum", "gradient_descent") > 1:
+            raise ValueError(
+                f"gradient_descent: momentum must be in [0, 1] (friction (momentum - 1) / sqrt(learning_rate) "
+                f"would be negative and the flow diverge), got {momentum!r}; pass e.g. momentum=0.9."
+            )
         lr = lr**0.5
         friction = (float(momentum) - 1.0) / lr
 
