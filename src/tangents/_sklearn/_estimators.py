@@ -13,7 +13,6 @@ kernel regression :math:`\Theta_{xX}(\Theta + \lambda I)^{-1}Y`; with the NNGP ð
 from __future__ import annotations
 
 import collections
-import inspect
 import math
 from typing import Any
 
@@ -52,23 +51,23 @@ __all__ = ["NTKClassifier", "NTKRegressor"]
 _STD_BLOCK = 512
 
 
-def solver_options(where: str, solver: str) -> dict[str, Any]:
-    """``solver=`` for `gradient_descent_mse_ensemble`, if this tangents' predict takes one.
+#: The solvers of `tangents.predict` (its ``solver=``).
+SOLVERS = ("auto", "cholesky", "cg")
 
-    The one place where the estimators hand their ``solver`` to `tangents.predict`: passed
-    on as it is when ``gradient_descent_mse_ensemble`` has a ``solver`` argument; otherwise
-    only ``"auto"`` and ``"cholesky"`` (what it always does) are accepted.
+
+def solver_options(where: str, solver: str) -> dict[str, Any]:
+    """``solver=`` for `gradient_descent_mse_ensemble`, checked at ``fit`` with the estimator's name.
+
+    The one place where the estimators hand their ``solver`` to `tangents.predict`.
     """
     if not isinstance(solver, str):
         raise TypeError(f"{where}: solver must be a string such as 'auto' or 'cholesky', got {type(solver).__name__}.")
-    if "solver" in inspect.signature(gradient_descent_mse_ensemble).parameters:
-        return {"solver": solver}
-    if solver in ("auto", "cholesky"):
-        return {}
-    raise ValueError(
-        f"{where}: solver={solver!r} is not available in this version of tangents.predict, which solves by "
-        f"Cholesky factorisation (t=None) or eigendecomposition (finite t); use solver='auto'."
-    )
+    if solver not in SOLVERS:
+        raise ValueError(
+            f"{where}: solver={solver!r} is not one of {', '.join(map(repr, SOLVERS))}; 'auto' factorizes when the "
+            f"training kernel fits in memory and uses conjugate gradients otherwise."
+        )
+    return {"solver": solver}
 
 
 class _TrainKernels:
