@@ -27,6 +27,7 @@ from .._kernel import check_get as _check_get
 from .._kernel import select as _select
 from ..blocks import available_memory, first_tensor, tiled
 from ._compiled import can_compile, compiled_elementwise, entries_per_pair, tile_program, worth_compiling
+from ._covariance import symmetrized
 from ._inputs import as_input_tensors, inputs_to_kernel
 from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
 from ._requirements import Requirements
@@ -256,7 +257,7 @@ class Layer:
             if mask_constant is not None:
                 k = _tree_set_masks(k, mask_a, mask_b)
             with compiled_elementwise() if compiled_maps else contextlib.nullcontext():
-                return _select(self.transform(k, **tile_kwargs), tile_get)
+                return _select(symmetrized(self.transform(k, **tile_kwargs)), tile_get)
 
         tile = _auto_tile_size(x1, x2, batch, spatial, batch_axis, channel_axis)
         if (not pairs_are_spatial and compile is not False
