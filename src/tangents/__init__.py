@@ -19,6 +19,7 @@ _WHERE: dict[str, str] = {
     "stax": ".stax",
     # Computing large kernels
     "batch": ".blocks",
+    "RunawayWorkWarning": ".blocks",
     # Training dynamics and inference
     "predict": ".predict",
     # Empirical kernels of finite networks
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from . import predict as predict
     from . import stax as stax
     from ._kernel import Kernel as Kernel
+    from .blocks import RunawayWorkWarning as RunawayWorkWarning
     from .blocks import batch as batch
     from .empirical import NtkImplementation as NtkImplementation
     from .empirical import empirical_kernel_fn as empirical_kernel_fn

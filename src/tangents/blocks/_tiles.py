@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._kernel import Kernel, check_get, select
+from ._estimate import WorkEstimate
 
 KernelFn = Callable[..., Any]
 
@@ -227,6 +228,7 @@ def tiled(
     workers = torch.get_num_threads()
     in_threads = analytic and parallel and workers > 1 and len(tiles) > 2 and first_tensor(x1).device.type == "cpu"
     run = functools.partial(_run_all, workers if in_threads else 1, bar)
+    compute = WorkEstimate(len(tiles), workers if in_threads else 1, b, analytic).timed(compute)  # warns on runaway work
     if tape is not None and not symmetric:  # x2 given: each block's covariances first
         blocks = [(1, i) for i in starts1] + [(2, j) for j in starts2]
         record(blocks[0])
@@ -259,9 +261,13 @@ def _run_all(workers: int, bar: Any, fn: Callable[[Any], None], items: list[Any]
         try:
             # (OpenMP's thread count is per thread: each worker sets its own.)
             with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                for _ in pool.map(fn, items):
-                    if count:
-                        bar.update()
+                try:
+                    for _ in pool.map(fn, items):
+                        if count:
+                            bar.update()
+                except BaseException:  # an error or Ctrl-C: do not wait for the tiles not yet started
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         finally:
             torch.set_num_threads(workers)
     else:
