@@ -192,6 +192,10 @@ CASES: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
      r"x has shape \(3, 3, 6, 6\).*W of Conv.*has shape \(4, 2, 3, 3\) where inputs of shape \(3, 3, 6, 6\) need \(4, 3, 3, 3\)"),
     ("apply_cnn_image_size", lambda: cnn().apply_fn(params(cnn(), (-1, 2, 6, 6)), img(h=8, w=8)), ValueError,
      r"x has shape \(3, 2, 8, 8\).*params\[4\]\[0\] \(W of Dense\(1.*has shape \(100, 1\).*need \(196, 1\)"),
+    ("apply_attention_channels_last", lambda: stax.GlobalSelfAttention(4, 4, 4, 1).apply_fn(
+        params(stax.GlobalSelfAttention(4, 4, 4, 1), (-1, 3, 5)), torch.randn(2, 5, 3)), ValueError,
+     r"apply_fn: x has shape \(2, 5, 3\), but the parameters were made for .* The layer says: GlobalSelfAttention: "
+     r"the input has 5 channels on axis 1.*pass channel_axis=-1 for \(N, L, C\)"),
     ("apply_cnn_flat_input", lambda: cnn().apply_fn(params(cnn(), (-1, 2, 6, 6)), x()), ValueError,
      r"apply_fn: the network cannot run on x of shape \(4, 6\): Conv: expects 4-D inputs laid out as 'NCHW'"),
     ("apply_params_none", lambda: fc().apply_fn(None, x()), ValueError,

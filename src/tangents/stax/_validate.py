@@ -351,10 +351,33 @@ def check_apply_call(layer: Layer, params: Any, x: Any, caller: str) -> Any:
         raise ValueError(f"{caller}: the network cannot run on x of shape {_shapes(x)}: {error}") from error
     why = _params_misfit(layer, params, x, caller)
     if why is not None:
-        raise ValueError(why)
+        hint = _layer_says(layer, params, x)
+        raise ValueError(why if hint is None else f"{why} The layer says: {hint}")
     if len(seen) < _MAX_FITTING_SHAPES:
         seen.add(key)
     return x
+
+
+def _on_meta(tree: Any) -> Any:
+    """``tree`` with every tensor replaced by an empty one of its shape on ``meta``."""
+    if isinstance(tree, torch.Tensor):
+        return torch.empty(tree.shape, dtype=tree.dtype, device="meta")
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_on_meta(t) for t in tree)
+    return tree
+
+
+def _layer_says(layer: Layer, params: Any, x: Any) -> str | None:
+    """The layer's own explanation of a misfit (e.g. a layout hint: channels first), from
+    running the network on ``meta`` copies of ``params`` and ``x`` (shapes only, no
+    arithmetic); ``None`` when it gives none. Called on the error path only."""
+    try:
+        layer.apply(_on_meta(params), _on_meta(x))
+    except ValueError as error:
+        return str(error)
+    except Exception:  # noqa: BLE001 - a raw error from inside torch explains nothing more
+        return None
+    return None
 
 
 #: Input and parameter shapes already found to fit each network (checked once per shape).
