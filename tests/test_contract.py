@@ -93,8 +93,12 @@ def test_batch_splits_agree(net: Net):
         assert _close(getattr(cols, name), getattr(k, name)[:, 1:]), name
     # The cross kernel is the off-diagonal block of the kernel of both batches together.
     both = layer.kernel_fn(torch.cat([x1, x2]), None, ("nngp", "ntk"))
+    # A kernel of x with itself is symmetrised, (K + Kᵀ)/2: for quadrature layers, whose rule
+    # treats x1 and x2 differently, its block then differs from the cross kernel by half the
+    # quadrature's asymmetry (measured 5.4e-6 of the scale, act_Tanh's NTK).
+    rtol = 1e-5 if net.quadrature else 1e-11
     for name in ("nngp", "ntk"):
-        assert _close(getattr(k, name), getattr(both, name)[:N1, N1:], rtol=1e-11), name
+        assert _close(getattr(k, name), getattr(both, name)[:N1, N1:], rtol=rtol), name
 
 
 #: float32 vs float64: kernels are O(1) combinations of a few dozen float32 operations on

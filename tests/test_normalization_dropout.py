@@ -230,7 +230,8 @@ def test_dropout_errors():
             stax.Dropout(rate)
     with pytest.raises(ValueError, match="mode must be 'train' or 'test', got 'eval'"):
         stax.Dropout(0.5, mode="eval")
-    with pytest.raises(ValueError, match="Dropout.apply_fn: mode must be 'train' or 'test'"):
+    # checked once at the entry point (stax/_validate), before any layer runs
+    with pytest.raises(ValueError, match="apply_fn: mode must be 'train' or 'test', got 'training'"):
         stax.Dropout(0.5).apply_fn((), torch.ones(2, 2), mode="training")
     with pytest.raises(TypeError, match="rng must be a torch.Generator or None"):
         stax.Dropout(0.5).apply_fn((), torch.ones(2, 2), rng=3)

@@ -17,7 +17,7 @@ PUBLIC: dict[str, set[str]] = {
         "Kernel", "stax", "batch", "predict", "empirical", "NtkImplementation", "empirical_kernel_fn",
         "empirical_nngp_fn", "empirical_ntk_fn", "empirical_ntk_vp_fn", "linearize", "taylor_expand",
         "monte_carlo_kernel_fn", "__version__", "store", "compute_kernel", "KernelStore",
-        "evidence", "plot", "from_torch",
+        "evidence", "plot", "from_torch", "RunawayWorkWarning",
     },
     "tangents.predict": {
         "Gaussian", "ODEState", "PredictFn", "PredictFnODE", "gp_inference", "gradient_descent",
@@ -25,7 +25,7 @@ PUBLIC: dict[str, set[str]] = {
         "log_marginal_likelihood", "MarginalLikelihood", "ConvergenceError", "nystrom",
     },
     "tangents.blocks": {
-        "Block", "BlockPlan", "BlockProgress", "available_memory", "batch", "block_arguments",
+        "RunawayWorkWarning", "Block", "BlockPlan", "BlockProgress", "available_memory", "batch", "block_arguments",
         "block_call", "first_tensor", "inner_bars_hidden", "is_analytic", "leading_size",
         "one_intra_op_thread", "plan_blocks", "run_in_process", "run_threaded", "slice_inputs",
         "swap_pairs", "tiled",

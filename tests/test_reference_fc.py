@@ -51,6 +51,12 @@ def test_matches_neural_tangents(case_id):
     off_diagonal = ~np.eye(len(x1), dtype=bool)
     for name in ("nngp", "ntk"):
         ours, theirs = getattr(self_out, name), ref[f"{name}_self"]
+        if "ElementwiseNumerical" in str(case["arch"]):
+            # NT's quadrature (a Cholesky factor) treats x1 and x2 differently, so its kernel
+            # of x1 with itself is asymmetric by its quadrature error (1.2e-3 of the scale for
+            # the nngp of act_numerical_tanh_deg25, 1.9e-3 for the ntk); ours is the same rule,
+            # made exactly symmetric by (K + Kᵀ)/2, so it is compared with NT's symmetrised.
+            theirs = (theirs + theirs.T) / 2
         # neural-tangents returns NaN on some diagonals (RectifiedMonomial); ours must be finite.
         assert torch.isfinite(ours).all(), f"{name}_self has non-finite entries"
         assert relative_error(ours[off_diagonal], theirs[off_diagonal]) <= tol

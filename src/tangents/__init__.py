@@ -19,6 +19,7 @@ _WHERE: dict[str, str] = {
     "stax": ".stax",
     # Computing large kernels
     "batch": ".blocks",
+    "RunawayWorkWarning": ".blocks",
     # Training dynamics and inference
     "predict": ".predict",
     # Empirical kernels of finite networks
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     from . import stax as stax
     from . import store as store
     from ._kernel import Kernel as Kernel
+    from .blocks import RunawayWorkWarning as RunawayWorkWarning
     from .blocks import batch as batch
     from .empirical import NtkImplementation as NtkImplementation
     from .empirical import empirical_kernel_fn as empirical_kernel_fn

@@ -24,6 +24,7 @@ from ._progress import inner_bars_hidden as inner_bars_hidden
 from ._run import one_intra_op_thread as one_intra_op_thread
 from ._run import run_in_process as run_in_process
 from ._run import run_threaded as run_threaded
+from ._estimate import RunawayWorkWarning as RunawayWorkWarning
 from ._tiles import available_memory as available_memory
 from ._tiles import batch as batch
 from ._tiles import first_tensor as first_tensor
@@ -32,6 +33,7 @@ from ._tiles import swap_pairs as swap_pairs
 from ._tiles import tiled as tiled
 
 __all__ = [
+    "RunawayWorkWarning",
     "Block",
     "BlockPlan",
     "BlockProgress",

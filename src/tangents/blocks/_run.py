@@ -62,9 +62,13 @@ def run_threaded(workers: int, fn: Callable[[T], None], items: Sequence[T], on_d
         try:
             # (OpenMP's thread count is per thread: each worker sets its own.)
             with concurrent.futures.ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                for item, _ in zip(items, pool.map(fn, items)):
-                    if on_done is not None:
-                        on_done(item)
+                try:
+                    for item, _ in zip(items, pool.map(fn, items)):
+                        if on_done is not None:
+                            on_done(item)
+                except BaseException:  # an error or Ctrl-C: do not wait for the items not yet started
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         finally:
             torch.set_num_threads(threads)
     else:

@@ -21,6 +21,7 @@ import torch
 from .._kernel import Kernel, check_get, select
 from ._plan import Block, block_call, is_pair, leading_size, plan_blocks, slice_inputs, split_kwargs
 from ._progress import BlockProgress
+from ._estimate import WorkEstimate
 from ._run import run_threaded
 
 KernelFn = Callable[..., Any]
@@ -186,6 +187,7 @@ def tiled(
     workers = torch.get_num_threads()
     in_threads = analytic and parallel and workers > 1 and len(tiles) > 2 and first_tensor(x1).device.type == "cpu"
     threads = workers if in_threads else 1
+    compute = WorkEstimate(len(tiles), threads, b, analytic).timed(compute)  # warns once on runaway work
 
     def count(tile: Block) -> None:
         bar.update(tile.pairs)

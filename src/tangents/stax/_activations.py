@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .._kernel import Kernel
-from .._numerics import differentiable, safe_arctan2, safe_divide, safe_sqrt
+from .._numerics import angles, differentiable, safe_divide, safe_sqrt
 from ._checks import check_number
 from ._elementwise import Activation
 
@@ -50,35 +50,16 @@ class ABRelu(Activation):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def expectations(self, cov12, var1, var2, need_derivative):  # noqa: ANN001, ANN201
-        prod = var1 * var2
-        if differentiable(cov12, var1, var2, self.a, self.b):
-            root = safe_sqrt(prod - cov12**2)
-            angle = safe_arctan2(root, cov12, fill_zero=math.pi / 2)
-        elif not torch.compiler.is_compiling() and prod.shape == cov12.shape:
-            return self._expectations_in_place(cov12, prod)
-        else:  # the same θ by arccos, 3x cheaper than atan2 (its derivative is ∞ at ±1)
-            tiny = torch.finfo(cov12.dtype).tiny
-            angle = torch.acos((cov12 / prod.sqrt().clamp_min(tiny)).clamp(-1, 1))
-            root = (prod - cov12 * cov12).clamp_min(0).sqrt()
+        # T = q [factor sin θ + Ṫ cos θ] with q = √(v₁v₂): θ, sin θ and q cos θ (= c) all from
+        # one snapped cosine (`angles`), so coincident points give exactly (a² + b²)/2 · q
+        ang = angles(cov12, var1, var2)
         factor = (self.a - self.b) ** 2 / (2 * math.pi)
-        tdot = (self.a**2 + self.b**2) / 2 - factor * angle
-        return factor * root + tdot * cov12, tdot
-
-    def _expectations_in_place(self, cov12: torch.Tensor, prod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The arccos branch of `expectations` in two full-size buffers (eager, no autograd).
-
-        The same operations in the same order as the functional form (so compiled and eager
-        results agree to rounding), but updating ``prod`` (a fresh v₁v₂ tensor) and the
-        angle in place: each operation is one pass over the covariance without allocating
-        (fresh memory costs a page fault per 4 KiB on its first write).
-        """
-        tiny = torch.finfo(cov12.dtype).tiny
-        angle = torch.sqrt(prod).clamp_min_(tiny)
-        torch.div(cov12, angle, out=angle).clamp_(-1, 1).acos_()
-        root = prod.sub_(cov12 * cov12).clamp_min_(0).sqrt_()  # √(v₁v₂ − c²)
-        factor = (self.a - self.b) ** 2 / (2 * math.pi)
-        tdot = angle.mul_(-factor).add_((self.a**2 + self.b**2) / 2)  # (a² + b²)/2 − factor θ
-        return root.mul_(factor).addcmul_(tdot, cov12), tdot
+        mean_square = (self.a**2 + self.b**2) / 2
+        if ang.writable and not differentiable(self.a, self.b):  # eager, no autograd: in place, no allocation
+            tdot = ang.angle.mul_(-factor).add_(mean_square)
+            return ang.sin.mul_(factor).addcmul_(tdot, ang.cos).mul_(ang.norm), tdot
+        tdot = mean_square - factor * ang.angle
+        return ang.norm * (factor * ang.sin + tdot * ang.cos), tdot
 
     def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:
         return (self.a**2 + self.b**2) / 2 * var
@@ -530,8 +511,7 @@ class Sign(Activation):
     def expectations(
         self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        angle = safe_arctan2(safe_sqrt(var1 * var2 - cov12**2), cov12, fill_zero=math.pi / 2)
-        t = 1 - 2 / math.pi * angle
+        t = 1 - 2 / math.pi * angles(cov12, var1, var2).angle
         return t, torch.zeros_like(t) if need_derivative else None
 
     def expectation_diagonal(self, var: torch.Tensor) -> torch.Tensor:

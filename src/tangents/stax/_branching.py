@@ -84,11 +84,31 @@ class _FanIn(Layer):
         masks = [m for m in mask if m is not None]
         return functools.reduce(operator.and_, masks) if masks else None
 
+    def _same_input_shapes(self, input_shape: ShapeTree) -> tuple[int, ...]:
+        """The branches' common shape (``-1``, any size, matches every size)."""
+        shapes = self._inputs(input_shape, "input shapes")
+        first = shapes[0]
+
+        def agree(a: Any, b: Any) -> bool:
+            if not (isinstance(a, tuple) and isinstance(b, tuple)) or len(a) != len(b):
+                return a == b
+            return all(i == j or i == -1 or j == -1 for i, j in zip(a, b))
+
+        if any(not agree(s, first) for s in shapes[1:]):
+            raise ValueError(
+                f"{self.name}: all branches must have the same output shape, got {list(shapes)}; "
+                f"give the branches' last layers the same width (e.g. Dense(n) in every branch)."
+            )
+        if not isinstance(first, tuple):
+            return first
+        return tuple(next((d for d in dims if d != -1), -1) for dims in zip(*shapes))
+
     def _same_shapes(self, ks: list[Kernel]) -> None:
         if any(k.shape1 != ks[0].shape1 or k.shape2 != ks[0].shape2 for k in ks[1:]):
             raise ValueError(
                 f"{self.name}: all branches must have the same output shape, got "
-                f"{[k.shape1 for k in ks]}."
+                f"{[k.shape1 for k in ks]}; give the branches' last layers the same width "
+                f"(e.g. Dense(n) in every branch)."
             )
 
 
@@ -130,8 +150,7 @@ class FanInSum(_FanIn):
     """
 
     def output_shape(self, input_shape: ShapeTree) -> ShapeTree:
-        shapes = self._inputs(input_shape, "input shapes")
-        return shapes[0]
+        return self._same_input_shapes(input_shape)
 
     def apply(self, params: Any, x: Any, **kwargs: Any) -> Any:
         return functools.reduce(operator.add, self._inputs(x, "inputs"))
@@ -163,7 +182,7 @@ class FanInProd(_FanIn):
     """
 
     def output_shape(self, input_shape: ShapeTree) -> ShapeTree:
-        return self._inputs(input_shape, "input shapes")[0]
+        return self._same_input_shapes(input_shape)
 
     def apply(self, params: Any, x: Any, **kwargs: Any) -> Any:
         return functools.reduce(operator.mul, self._inputs(x, "inputs"))

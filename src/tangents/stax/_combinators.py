@@ -21,6 +21,8 @@ def _check_layers(caller: str, layers: Sequence[Any]) -> tuple[Layer, ...]:
 
 
 class _Serial(Layer):
+    display_name = "serial"
+
     def __init__(self, layers: Sequence[Layer]) -> None:
         self.children = _check_layers("serial", layers)
 
@@ -69,6 +71,8 @@ def serial(*layers: Layer) -> Layer:
 
 
 class _Parallel(Layer):
+    display_name = "parallel"
+
     def __init__(self, layers: Sequence[Layer]) -> None:
         self.children = _check_layers("parallel", layers)
 
@@ -122,6 +126,8 @@ def parallel(*layers: Layer) -> Layer:
 
 
 class _Repeat(Layer):
+    display_name = "repeat"
+
     def __init__(self, layer: Layer, n: int) -> None:
         (layer,) = _check_layers("repeat", [layer])
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:

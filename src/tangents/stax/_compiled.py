@@ -36,6 +36,7 @@ import torch
 from .._kernel import Kernel
 from .._numerics import differentiable
 from ..blocks import swap_pairs, tiled
+from ._covariance import symmetrized
 from ._inputs import inputs_to_kernel, same_inputs
 
 if TYPE_CHECKING:
@@ -171,9 +172,10 @@ class TileProgram:
             try:
                 with _without_torch_deprecation_notices():
                     k, mirrored = self.compiled(pa, pb, x1_is_x2, mirror)
-                return _cut(k, n1, n2), {name: t[:n2, :n1] for name, t in mirrored.items()}
+                return symmetrized(_cut(k, n1, n2)), {name: t[:n2, :n1] for name, t in mirrored.items()}
             except Exception as error:  # noqa: BLE001 - any compiler failure: eager gives the answer or the real error
-                result = self.eager(a, b, x1_is_x2, mirror)
+                k, mirrored = self.eager(a, b, x1_is_x2, mirror)
+                result = symmetrized(k), mirrored
                 self.failed = True
                 warnings.warn(
                     f"tangents: torch.compile could not compile the kernel of {self.layer.name} "
@@ -183,7 +185,8 @@ class TileProgram:
                     stacklevel=3,
                 )
                 return result
-        return self.eager(a, b, x1_is_x2, mirror)
+        k, mirrored = self.eager(a, b, x1_is_x2, mirror)
+        return symmetrized(k), mirrored
 
 
 @contextlib.contextmanager

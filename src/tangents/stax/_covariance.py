@@ -10,9 +10,12 @@ Elementwise nonlinearities need, for every covariance entry Σ(a, b), the two va
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .._kernel import Kernel
+from ..blocks import swap_pairs
 
 
 def interleave(x: torch.Tensor, start: int) -> torch.Tensor:
@@ -94,3 +97,28 @@ def with_exact_diagonal(k: Kernel, nngp: torch.Tensor, cov1: torch.Tensor) -> to
         same = (rows[:, None] == rows[None, :]).reshape(nngp.shape[:2] + (1,) * (nngp.ndim - 2))
         return torch.where(same, cov1.unsqueeze(0), nngp)
     return torch.diagonal_scatter(nngp, torch.movedim(cov1, 0, -1), 0, 0, 1)
+
+
+def symmetrized(k: Any) -> Any:
+    """``k`` (or each `Kernel` of a list of them) with every covariance of a batch with
+    itself replaced by (K + Kᵀ)/2, so that it is exactly symmetric: ``nngp`` and ``ntk``
+    when the two batches are one (``x1_is_x2``), ``cov1``/``cov2`` when they hold whole
+    ``(N, N, *S)`` covariances (``diagonal_batch=False``).
+
+    Every entry is computed by the same formula as its mirror image, but not always by
+    the same machine instructions (a vectorised ``atan2`` or ``erf`` and its scalar
+    remainder loop, a matrix product's blocking, a quadrature that treats its two
+    arguments differently), so the two can differ in the last bits. Kᵀ swaps the batch
+    axes and each interleaved spatial pair (`blocks.swap_pairs`).
+    """
+    if not isinstance(k, Kernel):
+        return type(k)(symmetrized(ki) for ki in k)
+    names = (("nngp", "ntk") if k.x1_is_x2 else ()) + (() if k.diagonal_batch else ("cov1", "cov2"))
+    changes = {}
+    for name in names:
+        t = getattr(k, name)
+        if t is not None and t.ndim >= 2 and t.shape[0] == t.shape[1]:
+            changes[name] = (t + swap_pairs(t, k.diagonal_spatial)).mul_(0.5)
+    if k.x1_is_x2 and not k.diagonal_batch and k.cov1 is k.nngp and "nngp" in changes:
+        changes["cov1"] = changes["nngp"]
+    return k.replace(**changes) if changes else k

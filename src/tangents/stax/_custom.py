@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import jvp
 
-from .._numerics import gauss_hermite, safe_divide, safe_sqrt
+from .._numerics import angles, gauss_hermite, safe_divide, safe_sqrt
 from ._elementwise import Activation
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -156,13 +156,16 @@ class ElementwiseNumerical(Activation):
     r"""Any elementwise φ, with T and Ṫ by Gauss–Hermite quadrature (NT's ``ElementwiseNumerical``).
 
     With Gauss–Hermite nodes xᵢ and weights wᵢ of degree ``deg`` (∫ f e^{-x²} ≈ Σ wᵢ f(xᵢ))
-    and the Cholesky factor of the 2×2 covariance,
+    and the Cholesky factor of the 2×2 covariance (as neural-tangents),
 
         u_i  = √(2v₁) xᵢ,   v_ij = √2 (c/√v₁) xᵢ + √(2 (v₂ − c²/v₁)) xⱼ,
         T ≈ (1/π) Σᵢⱼ wᵢ wⱼ φ(u_i) φ(v_ij),   Ṫ ≈ (1/π) Σᵢⱼ wᵢ wⱼ φ'(u_i) φ'(v_ij),
 
-    and at coincident points T ≈ (1/√π) Σᵢ wᵢ φ(√(2v) xᵢ)². The error falls quickly with
-    ``deg`` for smooth φ (``deg=25`` is a good start) and slowly for kinks (Relu, Abs).
+    and at coincident points T ≈ (1/√π) Σᵢ wᵢ φ(√(2v) xᵢ)² (what the pair formula gives
+    there too). The rule treats the two inputs differently, so T(a, b) and T(b, a) differ by
+    the quadrature error; ``kernel_fn(x, None)`` returns the symmetric (K + Kᵀ)/2. The
+    error falls quickly with ``deg`` for smooth φ (``deg=25`` is a good start; variances
+    well above 1 need more) and slowly for kinks (Relu, Abs).
     Entries are processed in chunks of at most ``QUADRATURE_CHUNK`` evaluations, so memory
     does not grow with deg² × the kernel size.
 
@@ -229,9 +232,12 @@ class ElementwiseNumerical(Activation):
         x = nodes[:, None]  # first Gaussian, axis i
         y = nodes[:, None, None]  # second Gaussian, axis j (leading, summed first)
         u = safe_sqrt(2 * q11) * x  # (i, m)
-        slope = c / (q11 / 2).clamp_min(1e-30).sqrt()
-        residual = safe_sqrt(2 * (q22 - safe_divide(c**2, q11)))
-        v = slope * x + residual * y  # (j, i, m)
+        # c/√(v₁/2) = √(2v₂) cos θ and √(2(v₂ − c²/v₁)) = √(2v₂) sin θ, from one snapped
+        # cosine (`angles`): on coincident points v = u exactly, and T is the 1-D rule of
+        # `expectation_diagonal` (Σⱼ wⱼ = √π)
+        ang = angles(c, q11, q22)
+        scale = safe_sqrt(2 * q22)
+        v = (scale * ang.cos) * x + (scale * ang.sin) * y  # (j, i, m)
         fu, dfu = self._values(u, need_derivative)
         fv, dfv = self._values(v, need_derivative)
         t = (weights[:, None] * fu * torch.tensordot(weights, fv, dims=1)).sum(0) / math.pi
@@ -427,10 +433,13 @@ class Elu(Activation):
         ts, tdots = [], []
         for start in range(0, c.numel(), chunk):
             cc, a, b = (t[start : start + chunk] for t in (c, q11, q22))
-            root_a = safe_sqrt(a)
-            u = root_a * z  # (2 deg, m)
-            m = safe_divide(cc, root_a) * z  # E[v | u] = (c / v₁) u
-            s = safe_sqrt(b - safe_divide(cc**2, a))
+            u = safe_sqrt(a) * z  # (2 deg, m)
+            # E[v | u] = (c/v₁) u = √v₂ cos θ z and sd √(v₂ − c²/v₁) = √v₂ sin θ, from one
+            # snapped cosine (`angles`): exact (s = 0) for coincident points
+            ang = angles(cc, a, b)
+            root_b = safe_sqrt(b)
+            m = root_b * ang.cos * z
+            s = root_b * ang.sin
             g, h = self._conditional(m, s, need_derivative)
             ts.append((w * self.fn(u) * g).sum(0))
             if need_derivative:

@@ -91,6 +91,8 @@ class Dropout(Layer):
         >>> net = stax.serial(stax.Dense(512), stax.Relu(), stax.Dropout(0.8), stax.Dense(1))
     """
 
+    apply_kwargs = frozenset({"rng", "mode"})
+
     def __init__(self, rate: float, mode: str = "train") -> None:
         _check_mode("Dropout", mode)
         if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 < rate <= 1:

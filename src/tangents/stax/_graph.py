@@ -93,6 +93,9 @@ class Aggregate(Layer):
 
     remask = True
 
+    kernel_kwargs = frozenset({"pattern"})
+    apply_kwargs = frozenset({"pattern"})
+
     def __init__(
         self,
         aggregate_axis: int | Sequence[int] | None = None,

@@ -1,4 +1,4 @@
-"""From user inputs to the first `Kernel`: validation, once, and the input covariances.
+"""From user inputs (validated by `_validate.as_input_tensors`) to the first `Kernel`.
 
 The input kernel of ``x1`` ``(N1, *S, C)`` and ``x2`` ``(N2, *S, C)`` (after moving the
 batch axis first and the channel axis last) is the channel-averaged second moment
@@ -11,79 +11,10 @@ stored with the spatial pairs interleaved ``(N1, N2, H, H', W, W')``, or only th
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 
 from .._kernel import Kernel
 from ._covariance import interleave, with_exact_diagonal
-
-_FLOAT_DTYPES = (torch.float32, torch.float64)
-
-
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        if x.dtype == object:
-            raise TypeError(f"kernel_fn: {name} must be a numeric array, got a numpy array of dtype object.")
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"kernel_fn: {name} must be a torch.Tensor or a numpy array, got {type(x).__name__}."
-        )
-    if x.dtype not in _FLOAT_DTYPES:
-        kind = "complex" if x.is_complex() else ("integer" if not x.is_floating_point() else "low-precision")
-        kind = "boolean" if x.dtype == torch.bool else kind
-        raise TypeError(
-            f"kernel_fn: {name} must be float32 or float64, got {kind} dtype {x.dtype}; "
-            f"convert it first, e.g. {name}.double()."
-        )
-    if x.ndim < 2:
-        raise ValueError(
-            f"kernel_fn: {name} must be at least 2-D (a batch axis and a feature axis), "
-            f"got shape {tuple(x.shape)}; for a single example use {name}[None]."
-        )
-    if x.numel() == 0:
-        raise ValueError(f"kernel_fn: {name} is empty (shape {tuple(x.shape)}); every axis needs at least one entry.")
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise ValueError(
-            f"kernel_fn: {name} contains {bad} NaN or infinite value(s); kernels of such inputs are undefined."
-        )
-    return x
-
-
-def as_input_tensors(x1: Any, x2: Any) -> tuple[Any, Any]:
-    """Validates and converts inputs (tensors, numpy arrays, or lists of them).
-
-    Returns:
-        ``(x1, x2)`` as tensors of one floating dtype (the wider of the two) and device;
-        ``x2`` stays ``None`` when not given.
-
-    Raises:
-        TypeError: not a tensor/array, or not float32/float64.
-        ValueError: fewer than 2 axes, empty, NaN/inf, or x1/x2 shapes that disagree.
-    """
-    if isinstance(x1, (list, tuple)):
-        if x2 is not None and (not isinstance(x2, (list, tuple)) or len(x2) != len(x1)):
-            raise ValueError("kernel_fn: x1 is a list of inputs, so x2 must be None or a list of the same length.")
-        pairs = [as_input_tensors(a, None if x2 is None else b) for a, b in zip(x1, x2 or [None] * len(x1))]
-        return type(x1)(p[0] for p in pairs), (None if x2 is None else type(x1)(p[1] for p in pairs))
-
-    x1 = _as_tensor(x1, "x1")
-    if x2 is None:
-        return x1, None
-    x2 = _as_tensor(x2, "x2")
-    if x1.device != x2.device:
-        raise ValueError(f"kernel_fn: x1 is on {x1.device} but x2 is on {x2.device}; move them to one device.")
-    if x1.shape[1:] != x2.shape[1:] or x1.ndim != x2.ndim:
-        raise ValueError(
-            "kernel_fn: x1 and x2 must have the same shape apart from the batch axis, "
-            f"got {tuple(x1.shape)} and {tuple(x2.shape)}."
-        )
-    dtype = torch.promote_types(x1.dtype, x2.dtype)
-    return x1.to(dtype), x2.to(dtype)
 
 
 def _standard_layout(x: torch.Tensor, batch_axis: int, channel_axis: int | None) -> torch.Tensor:

@@ -28,11 +28,20 @@ from .._kernel import select as _select
 from ..blocks import available_memory, first_tensor, tiled
 from .._numerics import differentiable
 from ._compiled import can_compile, compiled_elementwise, entries_per_pair, tile_program, worth_compiling
+from ._covariance import symmetrized
 from ._hyperparameters import differentiated_hyperparameters
-from ._inputs import as_input_tensors, inputs_to_kernel
+from ._inputs import inputs_to_kernel
 from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
 from ._requirements import Requirements
 from ._tape import COVARIANCE_TAPES, transform_with_tape
+from ._validate import (
+    as_input_tensors,
+    check_apply_call,
+    check_call_kwargs,
+    check_init_call,
+    check_input_shape,
+    check_mask_constant,
+)
 
 Shape = tuple[int, ...]
 ShapeTree = Union[Shape, list, tuple]
@@ -63,6 +72,13 @@ class Layer:
     remask: bool = False
     #: ``kernel_fn(x1, x2, get=None)`` returns `Kernel` records (what `tangents.batch` checks).
     returns_kernel_records: bool = True
+    #: Per-call keyword arguments this layer's kernel takes (e.g. ``{"pattern"}`` for graph
+    #: layers). ``kernel_fn`` accepts its documented keywords and the union of these over the
+    #: network; any other keyword is a ``TypeError`` (a typo must not be silently ignored).
+    kernel_kwargs: frozenset[str] = frozenset()
+    #: Per-call keyword arguments this layer's finite forward pass takes (``apply_fn``,
+    #: ``to_module``'s forward), e.g. ``{"rng", "mode"}`` for ``Dropout``.
+    apply_kwargs: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -164,22 +180,45 @@ class Layer:
         Returns:
             ``(output_shape, params)`` as in neural-tangents.
         """
+        dtype, device = check_init_call(dtype, device)
         generator = _as_generator(rng, device)
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        device = torch.device("cpu") if device is None else torch.device(device)
         input_shape = _canonical_shape(input_shape)
+        check_input_shape(input_shape)
         return self.output_shape(input_shape), self.init_params(generator, input_shape, dtype, device)
 
     def apply_fn(self, params: Params, inputs: Any, *, mask_constant: float | None = None, **kwargs: Any) -> Any:
         """Runs the finite-width network: ``apply_fn(params, x, rng=None, mode='train')``.
 
-        With ``mask_constant`` (NT's variable-length inputs), entries of ``x`` equal to it
-        are masked and a ``MaskedArray(outputs, mask)`` is returned.
+        Args:
+            params: the parameters, as `init_fn` returns them.
+            inputs: ``x``, ``(N, ...)`` (a list of tensors for a network with several inputs),
+                of the parameters' dtype and device.
+            mask_constant: with it (NT's variable-length inputs), entries of ``x`` equal to it
+                are masked and a ``MaskedArray(outputs, mask)`` is returned.
+            **kwargs: ``rng`` (a ``torch.Generator`` for ``Dropout``), ``mode`` (``'train'`` or
+                ``'test'``) and the keywords the network's layers declare (``pattern`` for
+                graph layers); any other keyword is a ``TypeError``.
+
+        Raises:
+            TypeError: an unknown keyword; ``x`` not a floating tensor, or of another dtype
+                than the parameters.
+            ValueError: parameters not of this network; ``x`` on another device than the
+                parameters, with NaN/inf, or of a shape the parameters were not made for.
         """
-        if mask_constant is None:
-            return self.apply(params, inputs, **kwargs)
-        inputs, mask = input_mask(inputs, mask_constant)
-        return MaskedArray(*apply_masked(self, params, inputs, mask, **kwargs))
+        return self._apply_checked(params, inputs, mask_constant, kwargs, "apply_fn")
+
+    def _apply_checked(self, params: Params, x: Any, mask_constant: float | None, kwargs: dict[str, Any], caller: str) -> Any:
+        """`apply_fn` and ``to_module``'s forward: the call validated once, then the layers."""
+        check_call_kwargs(self, kwargs, caller)
+        check_mask_constant(mask_constant, caller)
+        _check_rng_and_mode(kwargs, caller)
+        mask = None
+        if mask_constant is not None:
+            x, mask = input_mask(x, mask_constant)  # masked entries zeroed (NaN may be the padding)
+        x = check_apply_call(self, params, x, caller)
+        if mask is None:
+            return self.apply(params, x, **kwargs)
+        return MaskedArray(*apply_masked(self, params, x, mask, **kwargs))
 
     def kernel_fn(
         self,
@@ -213,7 +252,9 @@ class Layer:
                 work would take much longer than compiling (tens of seconds); ``True``
                 whenever the call allows it (fully-connected: single tensor inputs, no masks,
                 no per-example layer arguments; no gradients); ``False`` never.
-            **kwargs: passed to every layer (e.g. ``pattern`` for graph layers).
+            **kwargs: ``mask_constant`` (entries equal to it are absent, as in NT) and the
+                keywords the network's layers declare (``pattern=(A1, A2)`` for graph layers),
+                passed to every layer; any other keyword is a ``TypeError``.
 
         Returns:
             A `Kernel`, a tensor, or a named tuple ``AnalyticKernel``, on the inputs' device
@@ -228,17 +269,19 @@ class Layer:
         """
         names = _check_get(get)
         if compile not in (None, True, False):
-            raise TypeError(f"{self.name}.kernel_fn: compile must be None, True or False, got {compile!r}.")
+            raise TypeError(f"kernel_fn: compile must be None, True or False, got {compile!r}.")
         mask_constant = kwargs.pop("mask_constant", None)
+        check_mask_constant(mask_constant, "kernel_fn")
+        check_call_kwargs(self, kwargs, "kernel_fn")
         if _is_kernel_tree(x1_or_kernel):
             if mask_constant is not None:
                 raise ValueError(
-                    f"{self.name}.kernel_fn: mask_constant={mask_constant!r} was given with a Kernel, but masks "
+                    f"kernel_fn: mask_constant={mask_constant!r} was given with a Kernel, but masks "
                     f"come from inputs only (as in neural-tangents); pass the inputs, or a Kernel whose "
                     f"mask1/mask2 are already set (k.replace(mask1=..., mask2=...))."
                 )
             if x2 is not None:
-                raise ValueError(f"{self.name}.kernel_fn: x2 must be None when a Kernel is given.")
+                raise ValueError("kernel_fn: x2 must be None when a Kernel is given (it already holds the second batch).")
             out = self.transform(x1_or_kernel, diagonal_batch=diagonal_batch, diagonal_spatial=diagonal_spatial, **kwargs)
             return _select(out, get)
 
@@ -279,7 +322,7 @@ class Layer:
             if mask_constant is not None:
                 k = _tree_set_masks(k, mask_a, mask_b)
             with compiled_elementwise() if compiled_maps else contextlib.nullcontext():
-                return _select(self.transform(k, **tile_kwargs), tile_get)
+                return _select(symmetrized(self.transform(k, **tile_kwargs)), tile_get)
 
         tile = _auto_tile_size(x1, x2, batch, spatial, batch_axis, channel_axis)
         if (not pairs_are_spatial and compile is not False
@@ -364,7 +407,8 @@ class StaxModule(nn.Module):
 
     def forward(self, x: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("mode", "train" if self.training else "test")
-        return self.layer.apply_fn(self.params(), x, **kwargs)
+        mask_constant = kwargs.pop("mask_constant", None)
+        return self.layer._apply_checked(self.params(), x, mask_constant, kwargs, "model(x)")
 
     def extra_repr(self) -> str:
         return "" if self.layer.children else repr(self.layer)
@@ -423,6 +467,19 @@ def _auto_tile_size(
         return None
     return tile
 
+
+
+def _check_rng_and_mode(kwargs: dict[str, Any], caller: str) -> None:
+    """``rng`` and ``mode``, the keywords every ``apply_fn`` takes (for stochastic layers)."""
+    rng = kwargs.get("rng")
+    if rng is not None and not isinstance(rng, torch.Generator):
+        raise TypeError(
+            f"{caller}: rng must be a torch.Generator or None (torch's global RNG), got {type(rng).__name__}; "
+            f"e.g. rng=torch.Generator().manual_seed(0) (neural-tangents' PRNG keys have no meaning here)."
+        )
+    mode = kwargs.get("mode")
+    if mode is not None and mode not in ("train", "test"):
+        raise ValueError(f"{caller}: mode must be 'train' or 'test', got {mode!r}.")
 
 
 def _as_generator(rng: RngLike, device: torch.device | str | None) -> torch.Generator | None:

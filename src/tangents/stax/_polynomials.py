@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._kernel import Kernel
-from .._numerics import double_factorial, safe_arctan2, safe_sqrt
+from .._numerics import angles, double_factorial
 from ._covariance import kernel_variances
 from ._elementwise import Activation
 
@@ -213,9 +213,12 @@ class RectifiedMonomial(Activation):
     def expectations(
         self, cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, need_derivative: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        r2 = (var1 * var2 - cov12**2).clamp_min(0)
-        root = safe_sqrt(r2)
-        k_prev = math.pi - safe_arctan2(root, cov12, fill_zero=0.0)  # K_0
+        # r = q sin θ, c = q cos θ and θ from one snapped cosine (`angles`): exact where parallel
+        ang = angles(cov12, var1, var2, zero_variance_angle=0.0)
+        root = ang.norm * ang.sin
+        cov12 = ang.norm * ang.cos
+        r2 = root * root
+        k_prev = math.pi - ang.angle  # K_0
         k_next = root + cov12 * k_prev  # K_1
         ks = [k_prev, k_next]
         for m in range(1, self.degree):
