@@ -61,6 +61,4 @@ def implementation_fn(implementation: NtkImplementation) -> Callable[..., list[t
 def run_planned(planner: Any, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
     """The kernel by the implementation ``planner`` (a `MemoryPlanner`) chose, or was told."""
     impl = planner.chosen or planner.implementation or NtkImplementation.JACOBIAN_CONTRACTION
-    if impl == NtkImplementation.STRUCTURED_DERIVATIVES:
-        kwargs["cache"] = planner.cache
-    return implementation_fn(impl)(*args, **kwargs)
+    return implementation_fn(impl)(*args, cache=planner.cache, **kwargs)
