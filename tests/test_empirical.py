@@ -361,18 +361,25 @@ def test_chunked_equals_unchunked(implementation):
 
 
 def test_memory_limit_tiles_or_refuses():
-    net = torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    """A wide layer (2,000 units: ~16 kB of activations per example and output) and a small
+    result (40 x 40 x 3 x 3 float64, 115 kB): a limit of 4 MB fits the result but not the
+    40-example block (~8 MB estimated), so the kernel is computed in blocks of examples."""
+    net = torch.nn.Sequential(torch.nn.Linear(10, 2000), torch.nn.ReLU(), torch.nn.Linear(2000, 3))
     x = torch.randn(40, 10)
-    ref = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0)(x)
-    # 40 x 40 x 3 x 3 float64 kernel alone is 115 kB; 60 kB forces blocks
-    tiled = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, implementation=0, memory_limit=60_000)(x)
-    assert relative_error(tiled, ref.numpy()) <= 1e-12
-    with pytest.raises(MemoryError, match="estimated to need .* GiB.*vmap_axes=0"):
-        empirical_ntk_fn(net, trace_axes=(), memory_limit=60_000)(x)
-    with pytest.raises(MemoryError, match="smaller chunk_size"):
-        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, chunk_size=40, memory_limit=60_000)(x)
-    with pytest.raises(MemoryError, match="even one example per block"):
-        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=10)(x)
+    ref = reference_ntk(net, x, None, trace_axes=())
+    fn = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=4_000_000, progress=False)
+    tiled = fn(x)
+    assert 1 < fn.plan.chunk_size < 40  # blocks of examples, not one block
+    assert relative_error(tiled, ref.numpy()) <= 1e-12  # measured 4e-16: the same sums in blocks
+    with pytest.raises(MemoryError, match="estimated to need .* more than the 3.8 MiB available.*pass vmap_axes=0"):
+        empirical_ntk_fn(net, trace_axes=(), memory_limit=4_000_000)(x)
+    with pytest.raises(MemoryError, match=r"estimated to need .* MiB \(STRUCTURED_DERIVATIVES\).*pass a smaller chunk_size"):
+        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, chunk_size=40, memory_limit=4_000_000)(x)
+    with pytest.raises(MemoryError, match="even one example per block does not fit"):
+        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=200_000)(x)
+    with pytest.raises(MemoryError, match=r"the NTK of 40 x 40 examples \(kernel \(40, 40, 3, 3\), float64\) needs "
+                                          r"0.1 MiB for the result alone, more than the 0.1 MiB"):
+        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=100_000)(x)
 
 
 def test_auto_prefers_structured_derivatives_for_a_wide_mlp():

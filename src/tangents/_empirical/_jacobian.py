@@ -15,6 +15,7 @@ full ``(E1, E2, S, S)`` kernel is never built when axes are traced.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -26,10 +27,21 @@ from ._probes import Features, Plan, features_of, plan_for, same_structure
 from ._rules import classify, generic_jacobian, jacobian_of, scale_of, tokens
 
 
-def jacrev_jacobians(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]
-                     ) -> list[tuple[torch.Tensor, ...]]:
-    """``[J_leaf]`` by ``torch.func.jacrev``: per output leaf, per parameter ``(E, *S, *p)``."""
-    jac = jacrev(problem.per_example, argnums=0)
+#: Bytes of activations that one chunk of reverse-mode seeds may hold (``jacrev``'s chunk_size).
+SEED_CHUNK_BYTES = 128 << 20
+
+
+def jacrev_jacobians(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any],
+                     activations: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """``[J_leaf]`` by ``torch.func.jacrev``: per output leaf, per parameter ``(E, *S, *p)``.
+
+    ``activations`` (floats of one pass of ``f``) bounds the seeds per reverse pass to
+    ``SEED_CHUNK_BYTES`` (None: all at once).
+    """
+    chunk = None
+    if activations:
+        chunk = max(1, SEED_CHUNK_BYTES // (activations * tensors[0].element_size()))
+    jac = jacrev(problem.per_example, argnums=0, chunk_size=chunk)
     if problem.independent:
         jac = vmap(jac, in_dims=(None, 0, problem.kw_in_dims(kw)))
         return [tuple(j) for j in jac(tensors, xb, kw)]
@@ -54,8 +66,12 @@ class JacobianSource:
         self.plan = own if plan is None or not same_structure(plan, own) else plan
         self.jacrev: list[tuple[torch.Tensor, ...]] | None = None
         self.features: Features | None = None
-        if not self.plan.uses:  # nothing recorded: every Jacobian by jacrev
-            self.jacrev = jacrev_jacobians(problem, tensors, xb, kw)
+        recorded = sum(math.prod(u.out_shape) for u in self.plan.uses)
+        if not self.plan.uses or (not problem.independent and recorded > sum(t.numel() for t in tensors)):
+            # Nothing recorded, or the whole batch as one example: the derivatives at every
+            # layer output for every output entry (quadratic in the batch) would outgrow the
+            # Jacobians themselves; those by jacrev, a chunk of output entries at a time.
+            self.jacrev = jacrev_jacobians(problem, tensors, xb, kw, recorded or None)
         else:
             self.features = features_of(problem, tensors, self.plan, xb, kw)
         self.uses_of: dict[int, list[int]] = {}

@@ -32,7 +32,7 @@ from .._torch_private import tree_map
 from ._axes import OutputSpec, reduce_full
 from ._function import Problem
 from ._jacobian import JacobianSource
-from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, profile
+from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, cached_profile
 
 
 def jvp_any(fn: Callable, primals: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> Any:
@@ -57,7 +57,8 @@ def ntk_vp(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: di
     return jvp_any(lambda *t: problem.per_batch(t, x1, kw1), tensors, tangents)
 
 
-def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: dict[str, Any]) -> int:
+def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: dict[str, Any],
+              cache: dict | None = None) -> int:
     """Rows per ``vmap`` chunk of forward-mode products through ``x1``.
 
     One forward pass on one example of ``x1`` (the whole batch without ``vmap_axes``)
@@ -65,7 +66,7 @@ def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1:
     times as many. ``c`` keeps them within ``CHUNK_BYTES`` (but at least
     ``MIN_CHUNK_ROWS``) and the largest within ``CHUNK_TENSOR_BYTES``.
     """
-    sizes = profile(problem, tensors, x1, kw1)
+    sizes = cached_profile(problem, tensors, x1, kw1, cache)
     scale = problem.batch_size(x1, kw1) * tensors[0].element_size()
     by_total = CHUNK_BYTES // max(1, sizes.activations * scale)
     by_largest = CHUNK_TENSOR_BYTES // max(1, sizes.largest * scale)
@@ -145,7 +146,7 @@ def ntk_vector_products(
     src, ksrc = (x1, kw1) if x2 is None else (x2, kw2)
     leads = _row_leads(problem, tensors, src, ksrc)
     n_rows = max(lead.numel() for lead in leads)
-    chunk = row_chunk(problem, tensors, x1, kw1) if n_rows > MIN_CHUNK_ROWS else None
+    chunk = row_chunk(problem, tensors, x1, kw1, cache) if n_rows > MIN_CHUNK_ROWS else None
     if chunk is not None and chunk >= n_rows:
         chunk = None
     if problem.independent and chunk is not None:
