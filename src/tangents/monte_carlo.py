@@ -33,7 +33,8 @@ import torch
 from ._torch_private import tree_flatten, tree_map
 
 from .blocks import batch
-from .empirical import DEFAULT_NTK_IMPLEMENTATION, NtkImplementation, empirical_kernel_fn
+from ._empirical._implementation import DEFAULT_NTK_IMPLEMENTATION, NtkImplementation
+from .empirical import empirical_kernel_fn
 
 PyTree = Any
 Get = Union[None, str, tuple[str, ...], list[str]]
