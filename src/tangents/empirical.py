@@ -44,8 +44,10 @@ independent (then per-example work, tiling, and the cheaper structured rules app
 Modules in training mode: BatchNorm uses the batch's statistics (its running statistics are
 left untouched), which ``vmap_axes`` refuses; active dropout is refused (``module.eval()``).
 
-The first call in a process also imports ``torch._dynamo`` (about 1 s, several on a busy
-machine with a cold disk cache): torch.func's reverse-mode transforms do, on first use.
+The first call in a process also imports ``torch._dynamo`` (1 to 8 s, depending on the
+machine and its disk cache): torch.func's reverse-mode transforms do on first use
+(``torch._functorch.eager_transforms._autograd_grad`` enters
+``torch._dynamo.compiled_autograd._disable()``), torch.func's own NTK recipes included.
 
 Example:
     >>> import torch, tangents
