@@ -21,7 +21,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 from torch.func import functional_call
-from .._torch_private import tree_flatten, tree_unflatten
+from .._torch_private import BATCH_NORMS, DROPOUTS, tree_flatten, tree_unflatten
 
 PyTree = Any
 
@@ -96,7 +96,7 @@ def _batch_statistics_free(module: nn.Module) -> dict[str, None]:
     refuses): running mean, variance and count given as None, the batch statistics used."""
     out: dict[str, None] = {}
     for name, m in module.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+        if isinstance(m, BATCH_NORMS) and m.training and m.track_running_stats:
             prefix = f"{name}." if name else ""
             for buffer in ("running_mean", "running_var", "num_batches_tracked"):
                 if getattr(m, buffer, None) is not None:
@@ -110,7 +110,7 @@ def check_module(module: nn.Module, independent: bool, caller: str) -> None:
     normalised together are not independent)."""
     for name, m in module.named_modules():
         label = f"{type(m).__name__} {name!r}" if name else type(m).__name__
-        dropout = isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+        dropout = isinstance(m, DROPOUTS) and m.p > 0
         dropout = dropout or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
         if m.training and dropout:
             raise ValueError(
@@ -118,7 +118,7 @@ def check_module(module: nn.Module, independent: bool, caller: str) -> None:
                 "mask, so the derivatives of different passes would not belong to one function. Call "
                 "module.eval() (dropout off, the network as it predicts) before computing the kernel."
             )
-        uses_batch = isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+        uses_batch = isinstance(m, BATCH_NORMS) and (m.training or not m.track_running_stats)
         if independent and uses_batch:
             raise ValueError(
                 f"{caller}: {label} is in training mode: it normalises every example by statistics of "
