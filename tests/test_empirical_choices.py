@@ -192,3 +192,20 @@ def test_linearized_model_called_like_f_lin_params_x():
     assert relative_error(lin(params, x), lin.apply_fn(params, x).detach().numpy()) == 0.0  # the same call
     with pytest.raises(TypeError, match=r"call model\(x\) .* or model\(params, x\).*got 3 positional"):
         lin(params, x, x)
+
+
+def test_every_empirical_path_estimates_its_memory_first():
+    """The NNGP (result 100,000^2 float64: 74.51 GiB) and an NTK-vector product (activations
+    of a 2,000-unit layer on 1,000 examples and two parameter-sized vectors: ~120 MiB) are
+    refused before computing when they exceed ``memory_limit``."""
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))  # the NNGP runs f on the whole batch first
+    big = torch.randn(100_000, 4)
+    with pytest.raises(MemoryError, match=r"empirical_nngp_fn: the NNGP of f\(x1\) of shape \(100000, 2\) .*needs "
+                                          r"74.51 GiB .* more than the 1.00 GiB available"):
+        tangents.empirical_kernel_fn(net, vmap_axes=0, memory_limit=2**30)(big, get="nngp")
+    with pytest.raises(MemoryError, match=r"empirical_nngp_fn: .* more than the 2.00 GiB available"):
+        tangents.empirical_nngp_fn(net, memory_limit=2 * 2**30)(big)
+    net = nn.Sequential(nn.Linear(4, 2000), nn.ReLU(), nn.Linear(2000, 2))
+    with pytest.raises(MemoryError, match=r"empirical_ntk_vp_fn: an NTK-vector product is estimated to need 1\d\d.\d MiB"
+                                          r" .* more than the 1.0 MiB available \(memory_limit\)"):
+        tangents.empirical_ntk_vp_fn(net, torch.randn(1000, 4), memory_limit=2**20)

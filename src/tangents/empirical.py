@@ -208,14 +208,16 @@ def empirical_ntk_fn(
     return ntk_fn
 
 
-def empirical_nngp_fn(f: ApplyFn, trace_axes: Axes = (-1,), diagonal_axes: Axes = ()) -> EmpiricalKernelFn:
+def empirical_nngp_fn(f: ApplyFn, trace_axes: Axes = (-1,), diagonal_axes: Axes = (), *,
+                      memory_limit: int | None = None) -> EmpiricalKernelFn:
     """Returns ``nngp_fn(x1, x2=None, params=None, **apply_fn_kwargs)``: ``f(x1) f(x2)ᵀ``.
 
     ``K(x1, x2) = f(x1) f(x2)ᵀ`` summed over the output entries, with the same layout,
     ``trace_axes`` (averaged) and ``diagonal_axes`` as :func:`empirical_ntk_fn`: for an
     ``(N, O)`` output the default gives ``K[i, j] = f(x1_i) · f(x2_j) / O``, ``(N1, N2)``.
     ``f`` runs once on each batch as given (its module's own parameters and buffers, or
-    ``params``). A result estimated not to fit in memory raises ``MemoryError`` first.
+    ``params``). A result (with the outputs) estimated not to fit in ``memory_limit`` bytes
+    (default: 80 % of the memory available now) raises ``MemoryError`` first.
 
     Example:
         >>> net = torch.nn.Linear(3, 2)
@@ -227,7 +229,7 @@ def empirical_nngp_fn(f: ApplyFn, trace_axes: Axes = (-1,), diagonal_axes: Axes 
     def nngp_fn(x1: PyTree, x2: PyTree | None = None, params: PyTree | None = None, **apply_fn_kwargs: Any) -> PyTree:
         problem = make_problem(f, params, None, "empirical_nngp_fn", "all")
         return empirical_kernel(nngp_impl, problem, x1, x2, apply_fn_kwargs, trace_axes, diagonal_axes, None,
-                                caller="empirical_nngp_fn")
+                                caller="empirical_nngp_fn", memory_limit=memory_limit)
 
     return nngp_fn
 
@@ -271,7 +273,7 @@ def empirical_kernel_fn(
         (torch.Size([4, 4]), torch.Size([4, 4]))
     """
     fns = {
-        "nngp": empirical_nngp_fn(f, trace_axes, diagonal_axes),
+        "nngp": empirical_nngp_fn(f, trace_axes, diagonal_axes, memory_limit=memory_limit),
         "ntk": empirical_ntk_fn(f, trace_axes, diagonal_axes, vmap_axes, implementation, chunk_size, memory_limit,
                                 parameters=parameters, progress=progress),
     }

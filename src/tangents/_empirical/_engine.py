@@ -205,6 +205,7 @@ def empirical_kernel(
     planner: MemoryPlanner | None = None,
     progress: bool | None = None,
     caller: str = "empirical_ntk_fn",
+    memory_limit: int | None = None,
 ) -> Any:
     """The full driver: validate, spec, (estimate memory), compute by blocks, finalize, unflatten."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
@@ -237,7 +238,7 @@ def empirical_kernel(
         if planner is not None:
             chunk_size = planner.plan(problem, tensors, n1, n2, x2 is None, specs, shapes1, shapes2, chunk_size, first)
         else:
-            check_result_fits(specs, shapes1, shapes2, problem, n1, n2, tensors[0], None, caller)
+            check_result_fits(specs, shapes1, shapes2, problem, n1, n2, tensors[0], memory_limit, caller)
         if tensors:
             prime_allocator(tensors[0].device)
         kernels = run_blocks(impl, problem, tensors, x1b, kw1b, n1, x2b, kw2b, n2, specs, chunk_size, progress)
@@ -257,7 +258,8 @@ def check_result_fits(specs: list[OutputSpec], shapes1: list[tuple[int, ...]], s
     need = sum(math.prod(sp.shape(a, b)) for sp, a, b in zip(specs, shapes1, shapes2)) * itemsize
     outputs = sum(math.prod(a) + math.prod(b) for a, b in zip(shapes1, shapes2)) * itemsize
     if need + outputs > limit:
-        what = MemoryPlanner._what(problem, n1, n2, specs, shapes1, shapes2, like.dtype)
+        kernel = "NNGP" if "nngp" in caller else "NTK"
+        what = MemoryPlanner._what(problem, n1, n2, specs, shapes1, shapes2, like.dtype, kernel)
         raise MemoryError(
             f"{caller}: {what} needs {_gib(need + outputs)} for the result and the outputs, more than the "
             f"{_gib(limit)} available; compute it in pieces (rows x1[i:j] against x2), average over more output "

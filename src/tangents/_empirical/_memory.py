@@ -373,15 +373,15 @@ class MemoryPlanner:
 
     @staticmethod
     def _what(problem: Problem, n1: int, n2: int, specs: list[OutputSpec], shapes1: list[tuple[int, ...]],
-              shapes2: list[tuple[int, ...]], dtype: torch.dtype) -> str:
+              shapes2: list[tuple[int, ...]], dtype: torch.dtype, kernel: str = "NTK") -> str:
         shape = " + ".join(str(sp.shape(a, b)) for sp, a, b in zip(specs, shapes1, shapes2))
         name = str(dtype).replace("torch.", "")
         if problem.independent:
-            return f"the NTK of {n1} x {n2} examples (kernel {shape}, {name})"
+            return f"the {kernel} of {n1} x {n2} examples (kernel {shape}, {name})"
         out1 = ", ".join(str(s) for s in shapes1)
         out2 = ", ".join(str(s) for s in shapes2)
-        return (f"the NTK of f(x1) of shape {out1} and f(x2) of shape {out2} (kernel {shape}, {name}; without "
-                "vmap_axes the whole batch is one example)")
+        note = "; without vmap_axes the whole batch is one example" if kernel == "NTK" else ""
+        return f"the {kernel} of f(x1) of shape {out1} and f(x2) of shape {out2} (kernel {shape}, {name}{note})"
 
 
 _ALLOCATOR_PRIMED = False
