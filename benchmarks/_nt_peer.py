@@ -7,9 +7,10 @@ Usage (normally invoked by the benchmark, not by hand)::
 The config names the network (``mlp`` or ``cnn``), the weights/inputs ``.npz`` written by
 the benchmark (so both libraries differentiate the very same network), the
 implementation (1, 2, 3), the dtype and an output ``.npy`` path for the kernel. It prints one
-JSON line: ``{"time_s", "peak_mb", "compile_s"}`` where ``time_s`` is the best of the timed
-calls of the already-compiled function and ``peak_mb`` the growth of the process' peak
-resident memory during them. Never imported by tangents.
+JSON line: ``compile_s`` (ahead-of-time compilation) and the timing of the compiled function
+with the protocol of both sides (``_protocol.timed``: first call apart, median of 3 calls, or
+of 21 when the first took under 0.1 s; ``peak_mb`` the growth of the process' peak resident
+memory during them). Never imported by tangents.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import configure_xla_threads  # noqa: E402
-from _rss import peak_mb, reset_peak, rss_mb  # noqa: E402
+from _protocol import timed  # noqa: E402
 
 configure_xla_threads()  # one XLA thread unless the driver asked otherwise (BENCH_THREADS)
 
@@ -69,17 +70,9 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled = ntk_fn.lower(x, None, params).compile()
     compile_s = time.perf_counter() - t0
-    reset_peak()
-    base = rss_mb()
-    best, spent, calls = float("inf"), 0.0, 0
-    while calls < cfg["repeats"] or (spent < 1.0 and calls < 100):  # short calls: more of them
-        t0 = time.perf_counter()
-        k = compiled(x, None, params).block_until_ready()
-        took = time.perf_counter() - t0
-        best, spent, calls = min(best, took), spent + took, calls + 1
-    peak = peak_mb() - base
-    np.save(cfg["out"], np.asarray(k))
-    print(json.dumps({"time_s": best, "peak_mb": max(peak, 0.0), "compile_s": compile_s}))
+    timing = timed(lambda: compiled(x, None, params), sync=lambda k: k.block_until_ready())
+    np.save(cfg["out"], np.asarray(timing.pop("result")))
+    print(json.dumps({**timing, "compile_s": compile_s}))
 
 
 if __name__ == "__main__":

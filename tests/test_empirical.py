@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import tangents
+from ntk_reference import reference_ntk
 from tangents import NtkImplementation, empirical_kernel_fn, empirical_nngp_fn, empirical_ntk_fn, empirical_ntk_vp_fn
 from reference_cases import CASES, load, relative_error
 
@@ -210,7 +211,7 @@ def test_transformer_batch_second_with_vmap_axes_triple():
 
 def test_structured_derivatives_uses_the_structure_of_linear_and_conv_layers():
     from tangents._empirical._rules import classify
-    from tangents._empirical._structured import discover
+    from tangents._empirical._probes import discover
     from tangents._empirical._function import make_problem
 
     for name in ("mlp", "cnn"):
@@ -234,7 +235,7 @@ def test_unknown_layers_fall_back_cleanly():
 
     params = (torch.randn(4, 6), torch.randn(3))
     x1, x2 = torch.randn(5, 4), torch.randn(2, 4)
-    ref = empirical_ntk_fn(f, trace_axes=(), implementation=1)(x1, x2, params)
+    ref = reference_ntk(f, x1, x2, params, trace_axes=())
     for vmap_axes in (None, 0):
         ntk = empirical_ntk_fn(f, trace_axes=(), vmap_axes=vmap_axes, implementation=3)(x1, x2, params)
         assert relative_error(ntk, ref.numpy()) <= 1e-12
@@ -317,7 +318,7 @@ def test_float32_and_none_leaves_in_nested_params():
 
     params = ((torch.randn(3, 16), None), None, (torch.randn(16, 2), torch.randn(2)))
     x1, x2 = torch.randn(4, 3), torch.randn(5, 3)
-    ref = empirical_ntk_fn(f, implementation=1)(x1, x2, params)
+    ref = reference_ntk(f, x1, x2, params)
     p32 = torch.utils._pytree.tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) else t, params)
     for implementation in (0, 1, 2, 3):
         ntk = empirical_ntk_fn(f, vmap_axes=0, implementation=implementation)(x1.float(), x2.float(), p32)
@@ -360,18 +361,25 @@ def test_chunked_equals_unchunked(implementation):
 
 
 def test_memory_limit_tiles_or_refuses():
-    net = torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    """A wide layer (2,000 units: ~16 kB of activations per example and output) and a small
+    result (40 x 40 x 3 x 3 float64, 115 kB): a limit of 4 MB fits the result but not the
+    40-example block (~8 MB estimated), so the kernel is computed in blocks of examples."""
+    net = torch.nn.Sequential(torch.nn.Linear(10, 2000), torch.nn.ReLU(), torch.nn.Linear(2000, 3))
     x = torch.randn(40, 10)
-    ref = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0)(x)
-    # 40 x 40 x 3 x 3 float64 kernel alone is 115 kB; 60 kB forces blocks
-    tiled = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, implementation=0, memory_limit=60_000)(x)
-    assert relative_error(tiled, ref.numpy()) <= 1e-12
-    with pytest.raises(MemoryError, match="estimated to need .* GiB.*vmap_axes=0"):
-        empirical_ntk_fn(net, trace_axes=(), memory_limit=60_000)(x)
-    with pytest.raises(MemoryError, match="smaller chunk_size"):
-        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, chunk_size=40, memory_limit=60_000)(x)
-    with pytest.raises(MemoryError, match="even one example per block"):
-        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=10)(x)
+    ref = reference_ntk(net, x, None, trace_axes=())
+    fn = empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=4_000_000, progress=False)
+    tiled = fn(x)
+    assert 1 < fn.plan.chunk_size < 40  # blocks of examples, not one block
+    assert relative_error(tiled, ref.numpy()) <= 1e-12  # measured 4e-16: the same sums in blocks
+    with pytest.raises(MemoryError, match="estimated to need .* more than the 3.8 MiB available.*pass vmap_axes=0"):
+        empirical_ntk_fn(net, trace_axes=(), memory_limit=4_000_000)(x)
+    with pytest.raises(MemoryError, match=r"estimated to need .* MiB \(STRUCTURED_DERIVATIVES\).*pass a smaller chunk_size"):
+        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, chunk_size=40, memory_limit=4_000_000)(x)
+    with pytest.raises(MemoryError, match="even one example per block does not fit"):
+        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=200_000)(x)
+    with pytest.raises(MemoryError, match=r"the NTK of 40 x 40 examples \(kernel \(40, 40, 3, 3\), float64\) needs "
+                                          r"0.1 MiB for the result alone, more than the 0.1 MiB"):
+        empirical_ntk_fn(net, trace_axes=(), vmap_axes=0, memory_limit=100_000)(x)
 
 
 def test_auto_prefers_structured_derivatives_for_a_wide_mlp():
@@ -449,7 +457,7 @@ def test_structured_conv_with_same_padding_stride_and_dilation():
     net = nn.Sequential(nn.Conv2d(2, 3, 3, padding="same"), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2, dilation=2, padding=2),
                         nn.ReLU(), nn.Conv2d(4, 2, 2, padding="same"), nn.Flatten())
     x1, x2 = torch.randn(3, 2, 7, 7), torch.randn(2, 2, 7, 7)
-    ref = empirical_ntk_fn(net, trace_axes=(), implementation=1)(x1, x2)
+    ref = reference_ntk(net, x1, x2, trace_axes=())
     for vmap_axes in (None, 0):
         ntk = empirical_ntk_fn(net, trace_axes=(), vmap_axes=vmap_axes, implementation=3)(x1, x2)
         assert relative_error(ntk, ref.numpy()) <= 1e-12
@@ -466,7 +474,7 @@ def test_structured_derivatives_on_matmul_tokens_and_shared_weights():
 
     params = (torch.randn(4, 4), torch.randn(4, 2), torch.randn(5))
     x1, x2 = torch.randn(3, 5, 4), torch.randn(2, 5, 4)
-    ref = empirical_ntk_fn(f, trace_axes=(), implementation=1)(x1, x2, params)
+    ref = reference_ntk(f, x1, x2, params, trace_axes=())
     for vmap_axes in (None, 0):
         ntk = empirical_ntk_fn(f, trace_axes=(), vmap_axes=vmap_axes, implementation=3)(x1, x2, params)
         assert relative_error(ntk, ref.numpy()) <= 1e-12

@@ -2,7 +2,8 @@
 when ``vmap_axes`` declares the examples independent and a check on three examples against
 per-example probing agrees; otherwise it probes one example at a time.
 
-Reference: JACOBIAN_CONTRACTION (per-example Jacobians by ``vmap``, no probes at all).
+Reference: `ntk_reference.reference_ntk` (the whole batch's Jacobian by ``torch.func.jacrev``,
+no probes at all).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tangents._empirical._structured as structured_module
+import tangents._empirical._probes as structured_module
 from tangents import empirical_ntk_fn
+from ntk_reference import reference_ntk
 
 
 @pytest.fixture
@@ -30,7 +32,7 @@ def layouts(monkeypatch):
 
 def _check(f, x1, x2, params=None, vmap_axes=0, trace_axes=(-1,)):
     ours = empirical_ntk_fn(f, trace_axes, vmap_axes=vmap_axes, implementation=3)(x1, x2, params)
-    reference = empirical_ntk_fn(f, trace_axes, vmap_axes=vmap_axes, implementation=1)(x1, x2, params)
+    reference = reference_ntk(f, x1, x2, params, trace_axes, per_example=vmap_axes == 0)
     torch.testing.assert_close(ours, reference, rtol=1e-11, atol=1e-11)
 
 
@@ -117,10 +119,13 @@ def test_results_stay_differentiable_in_the_parameters():
     w2 = torch.randn(8, 2, dtype=torch.float64, generator=_gen(13), requires_grad=True)
     x = torch.randn(5, 3, dtype=torch.float64, generator=_gen(14))
     grads = []
-    for implementation in (3, 1):
-        k = empirical_ntk_fn(f, vmap_axes=0, implementation=implementation)(x, None, (w1, w2))
-        grads.append(torch.autograd.grad(k.sum(), (w1, w2)))
-    for ours, reference in zip(*grads):
+    for kernel in (empirical_ntk_fn(f, vmap_axes=0, implementation=3)(x, None, (w1, w2)),
+                   empirical_ntk_fn(f, vmap_axes=0, implementation=1)(x, None, (w1, w2)),
+                   reference_ntk(f, x, None, (w1, w2))):
+        grads.append(torch.autograd.grad(kernel.sum(), (w1, w2)))
+    for ours, reference in zip(grads[1], grads[2]):  # Jacobian contraction from the probes too
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+    for ours, reference in zip(grads[0], grads[2]):
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
 
 

@@ -16,7 +16,9 @@ import tangents._empirical._axes as axes_module
 from tangents import empirical_ntk_fn
 from tangents._empirical._function import make_problem
 from tangents._empirical._rules import scale_of
-from tangents._empirical._structured import MULTIPLE_TOLERANCE, discover, multiple_of
+from tangents._empirical._probes import discover
+from tangents._empirical._structured import MULTIPLE_TOLERANCE, multiple_of
+from ntk_reference import reference_ntk
 
 
 # ----------------------------------------------------------------------------- multiple_of
@@ -113,9 +115,11 @@ def test_shared_grams_give_the_jacobian_kernel(trace_axes, monkeypatch):
     # three layers: three G-Grams and three input Grams, the three biases' Grams shared
     assert len(shapes) == 6
     shapes.clear()
-    reference = empirical_ntk_fn(_nt_style_mlp, trace_axes, vmap_axes=0, implementation=1)(x, None, params)
+    jacobians = empirical_ntk_fn(_nt_style_mlp, trace_axes, vmap_axes=0, implementation=1)(x, None, params)
     assert len(shapes) == 6  # one per parameter: nothing shared when contracting Jacobians
+    reference = reference_ntk(_nt_style_mlp, x, None, params, trace_axes)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jacobians, reference, rtol=1e-12, atol=1e-12)
 
 
 def test_scale_rule_with_two_batches_gives_the_jacobian_kernel():
@@ -124,7 +128,7 @@ def test_scale_rule_with_two_batches_gives_the_jacobian_kernel():
     x1, x2 = torch.randn(20, 6, dtype=torch.float64, generator=g), torch.randn(7, 6, dtype=torch.float64, generator=g)
     for vmap_axes in (0, None):
         ours = empirical_ntk_fn(_nt_style_mlp, (), vmap_axes=vmap_axes, implementation=3)(x1, x2, params)
-        reference = empirical_ntk_fn(_nt_style_mlp, (), vmap_axes=vmap_axes, implementation=1)(x1, x2, params)
+        reference = reference_ntk(_nt_style_mlp, x1, x2, params, ())
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
@@ -137,7 +141,7 @@ def test_torch_linear_weight_and_bias_share_one_gram(monkeypatch):
     monkeypatch.setattr(axes_module.OutputSpec, "contract_self", lambda self, a: calls.append(1) or original(self, a))
     ours = empirical_ntk_fn(net, vmap_axes=0, implementation=3)(x)
     assert len(calls) == 4  # G and input Grams of two layers; both biases reuse their G's
-    reference = empirical_ntk_fn(net, vmap_axes=0, implementation=1)(x, x.clone())
+    reference = reference_ntk(net, x, x.clone())
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
@@ -154,5 +158,5 @@ def test_a_shared_gram_is_never_modified_in_place():
         torch.randn(4, dtype=torch.float64, generator=g) for _ in range(3))
     x = torch.randn(5, 3, dtype=torch.float64, generator=g)
     ours = empirical_ntk_fn(f, vmap_axes=0, implementation=3)(x, None, params)
-    reference = empirical_ntk_fn(f, vmap_axes=0, implementation=1)(x, None, params)
+    reference = reference_ntk(f, x, None, params)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)

@@ -68,13 +68,15 @@ def circle(gamma: np.ndarray) -> np.ndarray:
 
 
 def test_importing_evidence_keeps_tangents_linearize_the_function() -> None:
-    """The lazy table of contents binds ``tangents.linearize`` on first use; a plain import of
-    the submodule ``tangents.linearize`` would bind the module there instead (what broke
-    ``from tangents import linearize`` in later test files). A fresh process checks it."""
+    """``tangents.linearize`` is the function, whatever was imported before: it lives in the
+    private module ``tangents._linearize`` (a submodule named ``linearize`` would be bound to
+    the package attribute when imported, hiding the function, which broke ``from tangents
+    import linearize`` in later test files). A fresh process checks it."""
     import subprocess
     import sys
 
-    probe = "import tangents.evidence, tangents, types; print(isinstance(tangents.linearize, types.FunctionType))"
+    probe = ("import tangents._linearize, tangents.evidence, tangents, types; "
+             "print(isinstance(tangents.linearize, types.FunctionType))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.strip() == "True", (done.stdout, done.stderr)
 

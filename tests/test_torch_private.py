@@ -46,3 +46,14 @@ def test_jvp_decompositions_import() -> None:
 
     private.load_jvp_decompositions()
     assert "torch._decomp.decompositions_for_jvp" in sys.modules
+
+
+def test_batch_norm_and_dropout_base_classes() -> None:
+    nn = torch.nn
+    assert getattr(nn.modules.batchnorm, "_BatchNorm", None) is private.BATCH_NORMS, "nn.modules.batchnorm._BatchNorm is gone"
+    assert getattr(nn.modules.dropout, "_DropoutNd", None) is private.DROPOUTS, "nn.modules.dropout._DropoutNd is gone"
+    for layer in (nn.BatchNorm1d(3), nn.BatchNorm2d(3), nn.LazyBatchNorm1d(), nn.SyncBatchNorm(3)):
+        assert isinstance(layer, private.BATCH_NORMS) and hasattr(layer, "track_running_stats"), type(layer)
+    for layer in (nn.Dropout(0.1), nn.Dropout2d(0.1), nn.AlphaDropout(0.1)):
+        assert isinstance(layer, private.DROPOUTS) and layer.p == 0.1, type(layer)
+    assert not isinstance(nn.LayerNorm(3), private.BATCH_NORMS)

@@ -29,8 +29,8 @@ _WHERE: dict[str, str] = {
     "empirical_nngp_fn": ".empirical",
     "empirical_ntk_fn": ".empirical",
     "empirical_ntk_vp_fn": ".empirical",
-    "linearize": ".linearize",
-    "taylor_expand": ".linearize",
+    "linearize": "._linearize",
+    "taylor_expand": "._linearize",
     # Kernels estimated by sampling finite networks
     "monte_carlo_kernel_fn": ".monte_carlo",
     # Kernels larger than memory: stores and clusters
@@ -84,8 +84,8 @@ if TYPE_CHECKING:
     from .empirical import empirical_nngp_fn as empirical_nngp_fn
     from .empirical import empirical_ntk_fn as empirical_ntk_fn
     from .empirical import empirical_ntk_vp_fn as empirical_ntk_vp_fn
-    from .linearize import linearize as linearize
-    from .linearize import taylor_expand as taylor_expand
+    from ._linearize import linearize as linearize
+    from ._linearize import taylor_expand as taylor_expand
     from .lift import from_torch as from_torch
     from .monte_carlo import monte_carlo_kernel_fn as monte_carlo_kernel_fn
     from .store import KernelStore as KernelStore

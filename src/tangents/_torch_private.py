@@ -13,6 +13,10 @@ inside.
 * ``C_LINEAR`` (``torch._C._nn.linear``) and ``TensorBase`` (``torch._C.TensorBase``): the
   functions ``F.linear`` and ``Tensor.matmul`` dispatch to, as seen by a
   ``TorchFunctionMode``; without them, only the public names are recognised.
+* ``BATCH_NORMS`` (``nn.modules.batchnorm._BatchNorm``) and ``DROPOUTS``
+  (``nn.modules.dropout._DropoutNd``): the base classes of torch's batch-norm and dropout
+  layers (lazy and synchronised variants included); without them, tuples of the public
+  classes.
 * `load_jvp_decompositions`: imports ``torch._decomp.decompositions_for_jvp``, which
   ``torch.func.jvp`` imports lazily on first use (it warns, which fails runs with
   warnings as errors).
@@ -29,12 +33,20 @@ from torch.utils._pytree import tree_flatten as tree_flatten
 from torch.utils._pytree import tree_map as tree_map
 from torch.utils._pytree import tree_unflatten as tree_unflatten
 
-__all__ = ["C_LINEAR", "TensorBase", "is_functorch_wrapped", "load_jvp_decompositions", "tree_flatten", "tree_map", "tree_unflatten"]
+__all__ = ["BATCH_NORMS", "C_LINEAR", "DROPOUTS", "TensorBase", "is_functorch_wrapped", "load_jvp_decompositions", "tree_flatten", "tree_map", "tree_unflatten"]
 
 #: ``F.linear``'s C implementation (what a ``TorchFunctionMode`` may see instead of it).
 C_LINEAR: Any = getattr(getattr(torch._C, "_nn", None), "linear", F.linear)
 #: The C base class of ``torch.Tensor`` (its ``matmul`` is what ``x @ w`` may dispatch to).
 TensorBase: type = getattr(torch._C, "TensorBase", torch.Tensor)
+
+#: Every batch-norm layer of torch (``isinstance`` target): training mode uses batch statistics.
+BATCH_NORMS: Any = getattr(torch.nn.modules.batchnorm, "_BatchNorm", None) or (
+    torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+#: Every dropout layer of torch (``isinstance`` target), each with its probability ``p``.
+DROPOUTS: Any = getattr(torch.nn.modules.dropout, "_DropoutNd", None) or (
+    torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout)
 
 _functorch = getattr(torch._C, "_functorch", None)
 _is_wrapped = getattr(_functorch, "is_functorch_wrapped_tensor", None)

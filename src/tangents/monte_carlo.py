@@ -33,7 +33,8 @@ import torch
 from ._torch_private import tree_flatten, tree_map
 
 from .blocks import batch
-from .empirical import DEFAULT_NTK_IMPLEMENTATION, NtkImplementation, empirical_kernel_fn
+from ._empirical._implementation import DEFAULT_NTK_IMPLEMENTATION, NtkImplementation
+from .empirical import empirical_kernel_fn
 
 PyTree = Any
 Get = Union[None, str, tuple[str, ...], list[str]]
@@ -123,9 +124,19 @@ def monte_carlo_kernel_fn(
     """
     counts, as_generator = _canonical_n_samples(n_samples)
     state = _key_state(key)
-    empirical = empirical_kernel_fn(apply_fn, trace_axes, diagonal_axes, vmap_axes, implementation)
     init_accepts_dtype = _accepts(init_fn, "dtype") and _accepts(init_fn, "device")
     apply_accepts_rng = _accepts(apply_fn, "rng")
+
+    def apply_seeded(params: PyTree, x: PyTree, *, dropout_seed: int | None = None, **kw: Any) -> PyTree:
+        """``apply_fn`` with its ``rng`` seeded afresh on every call: the empirical kernels call
+        ``f`` several times (profile, passes of each batch), and every call must draw the same
+        dropout masks, one network per sample."""
+        if dropout_seed is not None and "rng" not in kw:
+            kw["rng"] = _generator(dropout_seed, _first_tensor(x).device)
+        return apply_fn(params, x, **kw)
+
+    empirical = empirical_kernel_fn(apply_seeded if apply_accepts_rng else apply_fn, trace_axes, diagonal_axes,
+                                    vmap_axes, implementation)
     # Reject a bad batch_size or device_count now rather than at the first call.
     batch(empirical, batch_size, device_count, store_on_device)
 
@@ -143,12 +154,12 @@ def monte_carlo_kernel_fn(
         params = tree_map(lambda p: _cast(p, like), params)
 
         def kernel(xa: PyTree, xb: PyTree | None, get: Any, **kw: Any) -> Any:
-            if apply_accepts_rng:
-                kw.setdefault("rng", _generator(rng_seed, like.device))
+            if apply_accepts_rng and "rng" not in kw:
+                kw["dropout_seed"] = rng_seed
             return empirical(xa, xb, get, params, **kw)
 
         tiled = batch(kernel, batch_size, device_count, store_on_device, progress=False)
-        # One call per kernel, each with the same fresh dropout generator.
+        # One call per kernel; every call of apply_fn with a generator seeded by rng_seed.
         return {name: tiled(x1, x2, name, **kwargs) for name in names}
 
     def estimates(x1: PyTree, x2: PyTree | None, names: tuple[str, ...], kwargs: dict[str, Any]) -> Iterator[dict]:

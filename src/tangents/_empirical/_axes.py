@@ -216,7 +216,8 @@ class OutputSpec:
         return k
 
     def finalize(self, k: torch.Tensor) -> torch.Tensor:
-        """From the canonical zipped kernel to neural-tangents' layout, averaged over traces."""
+        """From the canonical zipped kernel to neural-tangents' layout, averaged over traces
+        (in place: ``k`` must be a fresh tensor that nothing else holds)."""
         sizes = {TRACE: 0, DIAG: 1, PAIR: 2}
         group_sizes = [sizes[kd] for kd in self.kinds]
         starts = [sum(group_sizes[:i]) for i in range(len(group_sizes))]
@@ -228,7 +229,9 @@ class OutputSpec:
             perm = [i for grp in order for i in grp]
             if perm != list(range(len(perm))):
                 k = k.permute(perm)
-        return k / self.divisor if self.divisor != 1 else k
+        if self.divisor == 1:
+            return k
+        return k / self.divisor if k.requires_grad else k.div_(self.divisor)  # k is the caller's, fresh
 
     def shape(self, shape1: Sequence[int], shape2: Sequence[int]) -> tuple[int, ...]:
         """The final kernel shape for true outputs of shapes ``shape1`` and ``shape2``."""

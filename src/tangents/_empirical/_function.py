@@ -14,14 +14,14 @@ the batch elements are declared independent and per-example quantities are compu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import nn
 from torch.func import functional_call
-from .._torch_private import tree_flatten, tree_unflatten
+from .._torch_private import BATCH_NORMS, DROPOUTS, tree_flatten, tree_unflatten
 
 PyTree = Any
 
@@ -30,27 +30,127 @@ def _is_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def module_apply_fn(module: nn.Module, params: PyTree | None) -> tuple[Callable, PyTree]:
+#: What ``parameters=`` may be (see :func:`select_parameters`).
+Parameters = Union[str, Callable[[str], bool], Iterable[str], Mapping[str, torch.Tensor]]
+
+_PARAMETERS_HELP = ('"trainable" (those with requires_grad=True, the default), "all", a name filter '
+                    '(a function name -> bool), a list of names, or a dict name -> tensor')
+
+
+def select_parameters(module: nn.Module, parameters: Parameters, caller: str) -> dict[str, torch.Tensor]:
+    """The parameters of ``module`` to differentiate, by name (detached).
+
+    ``parameters`` is ``"trainable"`` (those with ``requires_grad=True``: what an optimizer
+    trains, so frozen layers are constants, as in fine-tuning), ``"all"``, a name filter
+    ``name -> bool``, an iterable of names, or a dict ``name -> tensor`` of values to
+    differentiate at (the others keep the module's values).
+    """
+    named = dict(module.named_parameters())
+    kind = type(module).__name__
+    if isinstance(parameters, str):
+        if parameters == "trainable":
+            chosen = {k: v for k, v in named.items() if v.requires_grad}
+            if not chosen and named:
+                raise ValueError(
+                    f"{caller}: all {len(named)} parameters of {kind} are frozen (requires_grad=False), and "
+                    "parameters='trainable' (the default) differentiates only the others; pass "
+                    "parameters='all' to differentiate them all, or unfreeze some."
+                )
+        elif parameters == "all":
+            chosen = named
+        else:
+            raise ValueError(f"{caller}: parameters={parameters!r} is not a choice; pass {_PARAMETERS_HELP}.")
+    elif isinstance(parameters, Mapping):
+        unknown = sorted(set(parameters) - set(named))
+        if unknown:
+            raise ValueError(
+                f"{caller}: parameters names {unknown} are not parameters of {kind}; known names: {sorted(named)}."
+            )
+        bad = sorted(k for k, v in parameters.items() if not isinstance(v, torch.Tensor))
+        if bad:
+            raise TypeError(f"{caller}: parameters must map names to tensors; {bad} are not tensors.")
+        chosen = dict(parameters)
+    elif callable(parameters):
+        chosen = {k: v for k, v in named.items() if parameters(k)}
+    elif isinstance(parameters, Iterable):
+        names = list(parameters)
+        unknown = sorted(set(names) - set(named))
+        if unknown or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"{caller}: parameters names {unknown or names} are not parameters of {kind}; known names: "
+                f"{sorted(named)}."
+            )
+        chosen = {k: named[k] for k in names}
+    else:
+        raise TypeError(f"{caller}: parameters must be {_PARAMETERS_HELP}; got {type(parameters).__name__}.")
+    if not chosen:
+        raise ValueError(
+            f"{caller}: parameters={parameters!r} selects no parameter of {kind}; known names: {sorted(named)}."
+        )
+    return {k: v.detach() for k, v in chosen.items()}
+
+
+def _batch_statistics_free(module: nn.Module) -> dict[str, None]:
+    """Buffer overrides that keep a BatchNorm in training mode from updating its running
+    statistics (a side effect no kernel should have, and an in-place update that torch.func
+    refuses): running mean, variance and count given as None, the batch statistics used."""
+    out: dict[str, None] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, BATCH_NORMS) and m.training and m.track_running_stats:
+            prefix = f"{name}." if name else ""
+            for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+                if getattr(m, buffer, None) is not None:
+                    out[prefix + buffer] = None
+    return out
+
+
+def check_module(module: nn.Module, independent: bool, caller: str) -> None:
+    """Refuses modules whose training-mode layers would make the kernel wrong: dropout (a
+    random function: every pass another mask) and, with ``vmap_axes``, BatchNorm (examples
+    normalised together are not independent)."""
+    for name, m in module.named_modules():
+        label = f"{type(m).__name__} {name!r}" if name else type(m).__name__
+        dropout = isinstance(m, DROPOUTS) and m.p > 0
+        dropout = dropout or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+        if m.training and dropout:
+            raise ValueError(
+                f"{caller}: {label} is in training mode with dropout: every forward pass draws another "
+                "mask, so the derivatives of different passes would not belong to one function. Call "
+                "module.eval() (dropout off, the network as it predicts) before computing the kernel."
+            )
+        uses_batch = isinstance(m, BATCH_NORMS) and (m.training or not m.track_running_stats)
+        if independent and uses_batch:
+            raise ValueError(
+                f"{caller}: {label} is in training mode: it normalises every example by statistics of "
+                "the whole batch, so the examples are not independent and vmap_axes does not apply. "
+                "Call module.eval() (its running statistics: the network as it predicts), or pass "
+                "vmap_axes=None for the kernel of the batch-normalised network as it trains."
+            )
+
+
+def module_apply_fn(module: nn.Module, params: PyTree | None, parameters: Parameters = "trainable",
+                    caller: str = "empirical_ntk_fn") -> tuple[Callable, PyTree]:
     """``apply(params, x, **kw)`` running ``module`` with ``params`` swapped in, and the params.
 
-    ``params`` defaults to the module's own parameters (detached); a dict naming a subset of
-    them differentiates only those (the others stay fixed). Buffers are the module's own, so
-    a BatchNorm in eval mode uses its running statistics.
+    ``params`` defaults to the parameters ``parameters`` selects (:func:`select_parameters`);
+    a dict naming some parameters differentiates exactly those (the others stay fixed).
+    Buffers are the module's own, so a BatchNorm in eval mode uses its running statistics;
+    one in training mode uses the batch's statistics and leaves its running ones untouched.
     """
     own = {k: v.detach() for k, v in module.named_parameters()}
-    buffers = dict(module.named_buffers())
+    buffers = {**dict(module.named_buffers()), **_batch_statistics_free(module)}
     if params is None:
-        params = own
+        params = select_parameters(module, parameters, caller)
     elif not isinstance(params, dict):
         raise TypeError(
-            f"params for an nn.Module must be a dict name -> tensor like "
+            f"{caller}: params for an nn.Module must be a dict name -> tensor like "
             f"dict(module.named_parameters()), got {type(params).__name__}."
         )
     else:
         unknown = sorted(set(params) - set(own))
         if unknown:
             raise ValueError(
-                f"params names {unknown} are not parameters of {type(module).__name__}; "
+                f"{caller}: params names {unknown} are not parameters of {type(module).__name__}; "
                 f"known names: {sorted(own)}."
             )
 
@@ -87,27 +187,43 @@ class Problem:
         return tree_unflatten(leaves, self.spec)
 
     # ------------------------------------------------------------ batch handling
-    def to_batch_first(self, x: PyTree, kwargs: dict[str, Any]) -> tuple[PyTree, dict[str, Any], int]:
-        """Moves the example axes of ``x`` (and batched kwargs) to 0; returns the batch size."""
+    def to_batch_first(self, x: PyTree, kwargs: dict[str, Any], name: str = "x1", caller: str = "empirical_ntk_fn"
+                       ) -> tuple[PyTree, dict[str, Any], int]:
+        """Moves the example axes of ``x`` (and batched kwargs) to 0; returns the batch size.
+
+        Raises:
+            ValueError: an axis of ``vmap_axes`` is out of range for its input, or the batched
+                inputs disagree on the number of examples.
+        """
+        check_finite(x, name, caller)
         if not self.independent:
             return x, kwargs, 1
         leaves, spec = tree_flatten(x)
         axes = _broadcast_axes(self.in_axes, x, "in_axes")
         moved, sizes = [], set()
+
+        def move(t: torch.Tensor, ax: int, what: str) -> torch.Tensor:
+            if not -t.ndim <= ax < t.ndim:
+                raise ValueError(
+                    f"{caller}: vmap_axes gives {what} the example axis {ax}, out of range for its shape "
+                    f"{tuple(t.shape)}; name the axis that holds the examples (0 for (N, ...) inputs)."
+                )
+            return t.movedim(ax, 0)
+
         for leaf, ax in zip(leaves, axes):
             if _is_tensor(leaf) and ax is not None:
-                leaf = leaf.movedim(ax, 0)
+                leaf = move(leaf, ax, name)
                 sizes.add(leaf.shape[0])
             moved.append(leaf)
         kw = dict(kwargs)
         for k, ax in self.kwargs_axes.items():
             if k in kw and _is_tensor(kw[k]):
-                kw[k] = kw[k].movedim(ax, 0)
+                kw[k] = move(kw[k], ax, f"the keyword argument {k!r}")
                 sizes.add(kw[k].shape[0])
         if len(sizes) != 1:
             raise ValueError(
-                f"vmap_axes: the batched inputs must share one batch size along in_axes, got "
-                f"sizes {sorted(sizes)}."
+                f"{caller}: vmap_axes: the batched inputs of {name} must share one number of examples along "
+                f"in_axes, got {sorted(sizes) or 'no batched tensor'}."
             )
         return tree_unflatten(moved, spec), kw, sizes.pop()
 
@@ -124,6 +240,13 @@ class Problem:
         out = self.apply(self.params_from(tensors), x, **kw)
         leaves, self.out_spec = tree_flatten(out)
         axes = _broadcast_axes(self.out_axes, out, "out_axes")
+        for leaf, a in zip(leaves, axes):
+            if not _is_tensor(leaf) or not -leaf.ndim <= a < leaf.ndim:
+                shape = tuple(leaf.shape) if _is_tensor(leaf) else type(leaf).__name__
+                raise ValueError(
+                    f"vmap_axes: out_axes={a} is out of range for an output of f of shape {shape}; name the "
+                    "axis of f's output that holds the examples."
+                )
         self.out_batch_axes = [a % leaf.ndim for leaf, a in zip(leaves, axes)]
         return [leaf.movedim(ax, 0) for leaf, ax in zip(leaves, axes)]
 
@@ -195,6 +318,18 @@ class Problem:
         return xs, ks
 
 
+def check_finite(x: PyTree, name: str, caller: str) -> None:
+    """Refuses inputs with NaN or inf entries (their kernel entries would be NaN)."""
+    for leaf in tree_flatten(x)[0]:
+        if _is_tensor(leaf) and leaf.device.type == "meta":
+            raise ValueError(f"{caller}: {name} is on the meta device (shapes without data); pass real tensors.")
+        if _is_tensor(leaf) and leaf.is_floating_point() and leaf.numel() and not bool(torch.isfinite(leaf).all()):
+            raise ValueError(
+                f"{caller}: {name} has NaN or inf entries (shape {tuple(leaf.shape)}); their kernel entries "
+                "would be NaN. Remove or impute them first."
+            )
+
+
 def _map_tensors(fn: Callable, tree: PyTree) -> PyTree:
     leaves, spec = tree_flatten(tree)
     return tree_unflatten([fn(l) if _is_tensor(l) else l for l in leaves], spec)
@@ -219,11 +354,20 @@ def _move_back(xb: PyTree, axes: list[int | None]) -> PyTree:
     return tree_unflatten(out, spec)
 
 
-def make_problem(f: Callable | nn.Module, params: PyTree | None, vmap_axes: Any, caller: str) -> Problem:
-    """Validates ``f``, ``params`` and ``vmap_axes`` and builds the :class:`Problem`."""
+def make_problem(f: Callable | nn.Module, params: PyTree | None, vmap_axes: Any, caller: str,
+                 parameters: Parameters = "trainable") -> Problem:
+    """Validates ``f``, ``params``, ``parameters`` and ``vmap_axes`` and builds the :class:`Problem`."""
+    independent = vmap_axes is not None
     if isinstance(f, nn.Module):
-        apply, params = module_apply_fn(f, params)
+        check_module(f, independent, caller)
+        apply, params = module_apply_fn(f, params, parameters, caller)
     elif callable(f):
+        if not (isinstance(parameters, str) and parameters in ("trainable", "all")):
+            raise ValueError(
+                f"{caller}: parameters={parameters!r} selects parameters of an nn.Module by name; for a "
+                "function f(params, x) every tensor of params is differentiated: pass only those as params "
+                "(and close over the others)."
+            )
         if params is None:
             raise ValueError(
                 f"{caller}: params is required when f is a function f(params, x); pass "
@@ -236,9 +380,24 @@ def make_problem(f: Callable | nn.Module, params: PyTree | None, vmap_axes: Any,
     tensor_idx = [i for i, l in enumerate(leaves) if _is_tensor(l)]
     if not tensor_idx:
         raise ValueError(f"{caller}: params has no tensor leaves to differentiate, got {params!r}.")
+    floating = [leaves[i] for i in tensor_idx if leaves[i].is_floating_point()]
+    if len(floating) != len(tensor_idx):
+        raise TypeError(
+            f"{caller}: parameters must be floating-point tensors to be differentiated; got dtypes "
+            f"{sorted({str(leaves[i].dtype) for i in tensor_idx})}."
+        )
+    if len({(t.dtype, t.device) for t in floating}) > 1:
+        raise ValueError(
+            f"{caller}: the parameters mix dtypes or devices "
+            f"({sorted({f'{t.dtype} on {t.device}' for t in floating})}); cast them to one (module.to(...))."
+        )
+    with torch.no_grad():
+        bad = [t for t in floating if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"{caller}: {len(bad)} parameter tensor(s) have NaN or inf entries: the kernel would be NaN.")
     if vmap_axes is None:
         return Problem(apply, leaves, spec, tensor_idx, independent=False)
-    if isinstance(vmap_axes, int):
+    if isinstance(vmap_axes, int) and not isinstance(vmap_axes, bool):
         in_axes, out_axes, kwargs_axes = vmap_axes, vmap_axes, {}
     elif isinstance(vmap_axes, (tuple, list)) and len(vmap_axes) == 3:
         in_axes, out_axes, kwargs_axes = vmap_axes

@@ -16,8 +16,9 @@ class NtkImplementation(enum.IntEnum):
     """How the empirical NTK is computed (neural-tangents' names and values; ints accepted).
 
     Attributes:
-        AUTO: ``0``, picks the cheapest of the others from a FLOP and memory estimate made for
-            the actual model and input sizes.
+        AUTO: ``0`` (the default), the one of the others predicted to be fastest among those
+            that fit in memory, from one forward pass on one example (its FLOPs, activations and
+            the shapes of its linear and convolutional layers; see ``_empirical/_memory.py``).
         JACOBIAN_CONTRACTION: ``1``, per-example Jacobians by reverse mode, contracted over the
             parameters. Simple and reliable; best for small outputs and weight-sharing nets.
         NTK_VECTOR_PRODUCTS: ``2``, the NTK column by column as J1 (J2ᵀ e): one reverse- and
@@ -34,7 +35,9 @@ class NtkImplementation(enum.IntEnum):
     STRUCTURED_DERIVATIVES = 3
 
 
-DEFAULT_NTK_IMPLEMENTATION = NtkImplementation.JACOBIAN_CONTRACTION
+#: AUTO: all three give the same numbers (to rounding), so the default is the one predicted to
+#: be fastest (neural-tangents' default is JACOBIAN_CONTRACTION, often many times slower).
+DEFAULT_NTK_IMPLEMENTATION = NtkImplementation.AUTO
 
 
 def check_implementation(implementation: NtkImplementation | int) -> NtkImplementation:
@@ -61,6 +64,4 @@ def implementation_fn(implementation: NtkImplementation) -> Callable[..., list[t
 def run_planned(planner: Any, *args: Any, **kwargs: Any) -> list[torch.Tensor]:
     """The kernel by the implementation ``planner`` (a `MemoryPlanner`) chose, or was told."""
     impl = planner.chosen or planner.implementation or NtkImplementation.JACOBIAN_CONTRACTION
-    if impl == NtkImplementation.STRUCTURED_DERIVATIVES:
-        kwargs["cache"] = planner.cache
-    return implementation_fn(impl)(*args, **kwargs)
+    return implementation_fn(impl)(*args, cache=planner.cache, **kwargs)

@@ -34,7 +34,7 @@ from .._torch_private import tree_flatten
 
 from .. import blocks
 from .._torch_private import C_LINEAR, TensorBase
-from ._axes import OutputSpec
+from ._axes import SELF_CONTRACT_BLOCK, OutputSpec
 from ._function import Problem
 
 #: NTK_VECTOR_PRODUCTS runs its forward-mode products over ``x1`` in chunks of rows
@@ -107,6 +107,21 @@ def profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: di
     return counter.profile
 
 
+def cached_profile(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any],
+                   cache: dict | None) -> Profile:
+    """:func:`profile`, reused through ``cache`` for calls of the same
+    :meth:`~._function.Problem.signature` when the examples are independent (``vmap`` rules
+    out outputs whose shapes depend on input values)."""
+    key = ("profile", problem.signature(tensors, xb, kw)) if problem.independent and cache is not None else None
+    prof = cache.get(key) if key is not None else None
+    if prof is None:
+        prof = profile(problem, tensors, xb, kw)
+        if key is not None:
+            cache[key] = prof
+    problem.out_spec, problem.out_batch_axes = prof.out_spec, prof.out_batch_axes  # as its forward pass set them
+    return prof
+
+
 _AVAILABLE: dict[str, tuple[float, int]] = {}
 
 
@@ -126,34 +141,137 @@ def _read_available(device: torch.device) -> int:
     return blocks.available_memory(device)
 
 
-def costs(impl: int, prof: Profile, n_params: int, specs: list[OutputSpec], n1: int, n2: int, independent: bool = True
-          ) -> tuple[float, float]:
-    """``(FLOPs, floats of memory)`` of implementation ``impl`` on an ``n1 × n2`` block."""
+#: Machine balance of the time model: multiply-add FLOPs per second of matrix products, per
+#: thread (float32; half that in float64), and bytes per second of memory written or read
+#: through (fresh pages included). Only their ratio, about 10 FLOPs per byte as on a
+#: desktop CPU core, decides AUTO's ranking; the predicted seconds are indicative.
+FLOP_RATE = 40e9
+BYTE_RATE = 4e9
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The predicted cost of one implementation on one call: ``flops`` (matrix products),
+    ``traffic`` (bytes written and read through memory), ``memory`` (peak bytes, results
+    included) and ``seconds`` (``flops / FLOP_RATE + traffic / BYTE_RATE``); ``chunk_size``
+    is the block size it needs (None: one block)."""
+
+    implementation: int
+    flops: float
+    traffic: float
+    memory: float
+    seconds: float
+    chunk_size: int | None = None
+
+    @property
+    def name(self) -> str:
+        return {1: "JACOBIAN_CONTRACTION", 2: "NTK_VECTOR_PRODUCTS", 3: "STRUCTURED_DERIVATIVES"}[self.implementation]
+
+
+@dataclass(frozen=True)
+class Block:
+    """The sizes one block of ``n1 × n2`` examples is costed with."""
+
+    n1: int
+    n2: int
+    same: bool  # the block of x1 with itself (x2=None): derivatives once, a symmetric kernel
+
+
+def block_costs(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSpec], block: Block,
+                independent: bool, itemsize: int) -> tuple[float, float, float]:
+    """``(FLOPs, bytes of traffic, peak floats)`` of implementation ``impl`` on one block.
+
+    Per example (see the module docstring for ``F``, ``A``, ``S``, ``σ``, ``P``): the probes'
+    features cost a forward pass and one input-gradient pass per output, ``F (1 + S)``, and
+    hold ``S A + A`` floats; a Jacobian built from them costs ``S F`` and holds ``S P``.
+    """
     s = _outputs(specs)
     sigma = _sigma(specs)
-    a, f_, p = prof.activations, prof.flops, n_params
+    a, f_, p = prof.activations, prof.flops, sum(sizes)
+    p_max = max(sizes, default=0)
+    n1, n2, same = block.n1, block.n2, block.same
+    n = n1 if same else n1 + n2  # examples whose derivatives are computed
+    pairs = n1 * n2 * (0.56 if same and n1 >= 2 * SELF_CONTRACT_BLOCK else 1.0)
     kernel = n1 * n2 * sigma
+    probes = independent or a <= p  # `_jacobian.JacobianSource`: else jacrev, chunked over outputs
+    if probes:
+        feat_flops, feat_mem, feat_traffic = f_ * (1 + s), s * a + a, 2 * s * a
+    else:  # jacrev of the whole batch: weight gradients included, seeds in chunks
+        feat_flops, feat_mem, feat_traffic = f_ * (1 + 2 * s), min(s, MIN_CHUNK_ROWS) * a, 2 * s * p
     if impl == 1:
-        flops = 3 * f_ * s * (n1 + n2) + n1 * n2 * sigma * p
-        mem = (n1 + n2) * s * p + max(n1, n2) * s * a + kernel
+        flops = n * (feat_flops + (s * f_ if probes else 0)) + 2 * pairs * sigma * p
+        traffic = n * (feat_traffic + 2 * s * p)
+        held = (n if same else n1 + n2) * s * (p_max if probes else p)
+        mem = n * feat_mem + held + kernel
     elif impl == 2:
-        flops = 3 * f_ * s * n2 + 3 * f_ * s * n1 * n2
-        rows = n2 * s
-        if rows > MIN_CHUNK_ROWS:  # chunked (`ntk_vector_products`); floats counted as 4 bytes
-            rows = min(rows, max(MIN_CHUNK_ROWS, CHUNK_BYTES // 4 // max(1, n1 * a)))
-        held = rows if independent else n2 * s  # rows J2ᵀ e: a chunk's worth, or all of them
-        mem = held * p + n1 * rows * a + n1 * n2 * s * s
+        src = n1 if same else n2
+        rows_per_chunk = _rows_per_chunk(prof, n1, itemsize)
+        per = max(1, rows_per_chunk // max(s, 1)) if independent else src  # examples of x2 per chunk
+        chunks = math.ceil(src / per)
+        n1_eff = (n1 + per) / 2 if same else n1  # x2=None: each chunk through the examples up to its own
+        flops = src * (feat_flops + s * f_) + f_ * n1_eff * (chunks + 2 * src * s)
+        traffic = src * (feat_traffic + 4 * s * p) + 2 * n1_eff * src * s * a
+        rows_held = per * s if independent else src * s
+        chunk_rows = min(rows_held, rows_per_chunk) if rows_held > MIN_CHUNK_ROWS else rows_held
+        mem = rows_held * p + per * feat_mem + n1 * chunk_rows * a + n1 * n2 * s * s
     else:
-        lin = sum(min(t * t * (o + i), o * i) for t, i, o in prof.uses)
+        flops = n * feat_flops
+        traffic = n * feat_traffic
+        biggest = 0.0
+        for t, i, o in prof.uses:
+            structured = pairs * t * t * 2 * (sigma * o + i + sigma)
+            jacobian = n * 2 * s * t * i * o + 2 * pairs * sigma * i * o
+            if structured <= jacobian:
+                flops += structured
+                biggest = max(biggest, pairs * sigma * t * t)
+            else:
+                flops += jacobian
+                traffic += 2 * n * s * i * o
+                biggest = max(biggest, n * s * i * o)
         other = max(p - sum(i * o for _, i, o in prof.uses), 0)
-        flops = 3 * f_ * s * (n1 + n2) + n1 * n2 * sigma * (lin + other)
-        # each use is contracted in turn, structured (pairs of tokens) or via its Jacobian
-        per_use = max((min(n1 * n2 * sigma * t * t, (n1 + n2) * s * o * i) for t, i, o in prof.uses), default=0)
+        flops += n * s * other + 2 * pairs * sigma * other
+        traffic += 2 * n * s * other
         from ._structured import SelfGrams
 
-        kept = SelfGrams.KEPT * (kernel + n1 * n2)  # Grams of derivatives and inputs remembered for sharing
-        mem = (n1 + n2) * s * a + per_use + (n1 + n2) * s * other + kernel + kept
-    return float(flops), float(mem)
+        kept = SelfGrams.KEPT * (kernel + n1 * n2) if same else 0  # Grams remembered for sharing
+        mem = n * feat_mem + biggest + n * s * min(other, p_max) + kernel + kept
+    return float(flops), float(traffic * itemsize), float(mem * itemsize)
+
+
+def _rows_per_chunk(prof: Profile, n1: int, itemsize: int) -> int:
+    """`_ntk_vp.row_chunk` from the profile: rows whose forward-mode intermediates over ``n1``
+    examples fit ``CHUNK_BYTES`` (at least ``MIN_CHUNK_ROWS``), the largest ``CHUNK_TENSOR_BYTES``."""
+    scale = max(1, n1) * itemsize
+    by_total = CHUNK_BYTES // max(1, prof.activations * scale)
+    by_largest = CHUNK_TENSOR_BYTES // max(1, prof.largest * scale)
+    return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))
+
+
+def estimate(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSpec], n1: int, n2: int, same: bool,
+             independent: bool, itemsize: int, chunk: int | None, result_bytes: float) -> Estimate:
+    """The whole call in blocks of ``chunk`` examples (None: one block): every block's cost
+    (for ``x2=None`` the blocks above the diagonal only, the others being their mirror
+    images), and the peak memory of one block plus the result (and, when tiled, the mirror
+    images waiting to be written: up to a quarter of the result)."""
+    if chunk is None or (chunk >= n1 and chunk >= n2) or not independent:
+        flops, traffic, mem = block_costs(impl, prof, sizes, specs, Block(n1, n2, same), independent, itemsize)
+        chunk = None
+        extra = 0.0
+    else:
+        b1, b2 = math.ceil(n1 / chunk), math.ceil(n2 / chunk)
+        c1, c2 = min(chunk, n1), min(chunk, n2)
+        off = block_costs(impl, prof, sizes, specs, Block(c1, c2, False), independent, itemsize)
+        if same:
+            diag = block_costs(impl, prof, sizes, specs, Block(c1, c1, True), independent, itemsize)
+            n_off = b1 * (b1 - 1) / 2
+            flops, traffic = b1 * diag[0] + n_off * off[0], b1 * diag[1] + n_off * off[1]
+            mem = max(diag[2], off[2])
+            extra = result_bytes * (1.25 if b1 > 2 else 1.0)
+        else:
+            flops, traffic, mem = b1 * b2 * off[0], b1 * b2 * off[1], off[2]
+            extra = result_bytes
+    rate = FLOP_RATE * (4 / max(itemsize, 4))
+    return Estimate(impl, flops, traffic, mem + extra, flops / rate + traffic / BYTE_RATE, chunk)
 
 
 def _outputs(specs: list[OutputSpec]) -> int:
@@ -164,81 +282,106 @@ def _sigma(specs: list[OutputSpec]) -> int:
     return max(1, sum(sp.pair_factor for sp in specs))
 
 
-class MemoryPlanner:
-    """Resolves AUTO and the chunk size for one call, and refuses what cannot fit."""
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
-    def __init__(self, implementation: Any, memory_limit: int | None, cache: dict | None = None) -> None:
+
+class MemoryPlanner:
+    """Resolves AUTO and the chunk size for one call, and refuses what cannot fit.
+
+    After :meth:`plan`, ``chosen`` is the implementation to run and ``estimates`` the
+    :class:`Estimate` of every candidate (AUTO: all three), so that the prediction can be
+    compared with the measurement.
+    """
+
+    def __init__(self, implementation: Any, memory_limit: int | None, cache: dict | None = None,
+                 caller: str = "empirical_ntk_fn") -> None:
         self.implementation = int(implementation)
         self.cache = cache
         self.memory_limit = memory_limit
+        self.caller = caller
         self.chosen: int | None = None
-        self.estimate: tuple[float, float] | None = None
+        self.estimates: dict[int, Estimate] = {}
+
+    @property
+    def estimate(self) -> Estimate | None:
+        """The :class:`Estimate` of the chosen implementation."""
+        return self.estimates.get(self.chosen) if self.chosen is not None else None
 
     def profile(self, problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> Profile:
-        """:func:`profile`, reused for calls of the same :meth:`~._function.Problem.signature`
-        when the examples are independent (``vmap`` rules out outputs whose shapes depend
-        on input values)."""
-        key = ("profile", problem.signature(tensors, xb, kw)) if problem.independent and self.cache is not None else None
-        prof = self.cache.get(key) if key is not None else None
-        if prof is None:
-            prof = profile(problem, tensors, xb, kw)
-            if key is not None:
-                self.cache[key] = prof
-        problem.out_spec, problem.out_batch_axes = prof.out_spec, prof.out_batch_axes  # as its forward pass set them
-        return prof
+        """:func:`cached_profile` with this planner's cache."""
+        return cached_profile(problem, tensors, xb, kw, self.cache)
 
-    def plan(self, problem: Problem, tensors: tuple[torch.Tensor, ...], x1b: Any, kw1: dict[str, Any],
-             n1: int, n2: int, specs: list[OutputSpec], chunk_size: int | None, prof: Profile | None = None
-             ) -> int | None:
+    def plan(self, problem: Problem, tensors: tuple[torch.Tensor, ...], n1: int, n2: int, same: bool,
+             specs: list[OutputSpec], shapes1: list[tuple[int, ...]], shapes2: list[tuple[int, ...]],
+             chunk_size: int | None, prof: Profile) -> int | None:
+        """Chooses the implementation (``chosen``) and returns the chunk size to run with.
+
+        Raises:
+            MemoryError: the result alone, or the computation even in the smallest blocks
+                allowed, is estimated not to fit in ``memory_limit`` (default: 80 % of the
+                memory available now).
+        """
         itemsize = tensors[0].element_size()
         limit = self.memory_limit
         if limit is None:
             limit = int(0.8 * available_memory(tensors[0].device))
-        prof = prof or profile(problem, tensors, x1b, kw1)
-        n_params = sum(t.numel() for t in tensors)
+        sizes = [t.numel() for t in tensors]
+        result_bytes = float(sum(math.prod(sp.shape(a, b)) for sp, a, b in zip(specs, shapes1, shapes2)) * itemsize)
+        what = self._what(problem, n1, n2, specs, shapes1, shapes2, tensors[0].dtype)
+        if result_bytes > limit:
+            raise MemoryError(
+                f"{self.caller}: {what} needs {_gib(result_bytes)} for the result alone, more than the "
+                f"{_gib(limit)} available (memory_limit). Compute it in pieces (rows x1[i:j] against x2, "
+                "each written to disk), average over more output axes (trace_axes), or use float32."
+            )
         candidates = [self.implementation] if self.implementation else [1, 2, 3]
 
-        def fits(impl: int, c1: int, c2: int) -> tuple[bool, float, float]:
-            flops, mem = costs(impl, prof, n_params, specs, c1, c2, problem.independent)
-            return mem * itemsize <= limit, flops, mem * itemsize
+        def cost(impl: int, chunk: int | None) -> Estimate:
+            return estimate(impl, prof, sizes, specs, n1, n2, same, problem.independent, itemsize, chunk, result_bytes)
 
         if not problem.independent or chunk_size is not None:
-            c1 = n1 if not problem.independent or chunk_size is None else min(chunk_size, n1)
-            c2 = n2 if not problem.independent or chunk_size is None else min(chunk_size, n2)
-            results = {i: fits(i, c1, c2) for i in candidates}
-            ok = {i: r for i, r in results.items() if r[0]}
-            if not ok:
-                i, (_, _, need) = min(results.items(), key=lambda kv: kv[1][2])
-                fix = ("pass a smaller chunk_size" if chunk_size is not None else
-                       "pass vmap_axes=0 (if f treats examples independently) and a chunk_size")
-                raise MemoryError(
-                    f"empirical_ntk_fn: the NTK of {n1} x {n2} examples is estimated to need "
-                    f"{need / 2**30:.2f} GiB (implementation {i}), more than the {limit / 2**30:.2f} GiB "
-                    f"available (memory_limit); {fix}, or use fewer examples per call."
-                )
-            self.chosen = min(ok, key=lambda i: ok[i][1])
-            self.estimate = (ok[self.chosen][1], ok[self.chosen][2])
-            return chunk_size
-        best = None  # (flops, impl, chunk)
-        for impl in candidates:
-            c = max(n1, n2)
-            while c >= 1:
-                good, flops, mem = fits(impl, min(c, n1), min(c, n2))
-                if good:
-                    total = flops * math.ceil(n1 / c) * math.ceil(n2 / c)
-                    if best is None or total < best[0]:
-                        best = (total, impl, c, mem)
-                    break
-                c //= 2
-        if best is None:
+            results = {i: cost(i, chunk_size if problem.independent else None) for i in candidates}
+        else:
+            results = {}
+            for impl in candidates:
+                c = max(n1, n2)
+                est = cost(impl, None)
+                while est.memory > limit and c > 1:
+                    c = max(1, c // 2)
+                    est = cost(impl, c)
+                results[impl] = est
+        self.estimates = results
+        fitting = {i: e for i, e in results.items() if e.memory <= limit}
+        if not fitting:
+            i, need = min(results.items(), key=lambda kv: kv[1].memory)
+            if not problem.independent:
+                fix = ("pass vmap_axes=0 (if f treats the examples independently, they are then computed in "
+                       "blocks), or use fewer examples per call")
+            elif chunk_size is not None and chunk_size > 1:
+                fix = "pass a smaller chunk_size (or none: one is chosen), or use fewer examples per call"
+            else:
+                fix = ("even one example per block does not fit: average over more output axes (trace_axes), "
+                       "differentiate fewer parameters (parameters=...), or raise memory_limit")
             raise MemoryError(
-                f"empirical_ntk_fn: even one example per block is estimated not to fit in "
-                f"{limit / 2**30:.2f} GiB (memory_limit); trace more output axes (trace_axes), "
-                "differentiate fewer parameters, or raise memory_limit."
+                f"{self.caller}: {what} is estimated to need {_gib(need.memory)} "
+                f"({need.name}{'' if need.chunk_size is None else f' in blocks of {need.chunk_size} examples'}), "
+                f"more than the {_gib(limit)} available (memory_limit); {fix}."
             )
-        _, self.chosen, c, mem = best
-        self.estimate = (best[0], mem)
-        return None if c >= max(n1, n2) else c
+        self.chosen = min(fitting, key=lambda i: fitting[i].seconds)
+        return fitting[self.chosen].chunk_size if problem.independent else None
+
+    @staticmethod
+    def _what(problem: Problem, n1: int, n2: int, specs: list[OutputSpec], shapes1: list[tuple[int, ...]],
+              shapes2: list[tuple[int, ...]], dtype: torch.dtype, kernel: str = "NTK") -> str:
+        shape = " + ".join(str(sp.shape(a, b)) for sp, a, b in zip(specs, shapes1, shapes2))
+        name = str(dtype).replace("torch.", "")
+        if problem.independent:
+            return f"the {kernel} of {n1} x {n2} examples (kernel {shape}, {name})"
+        out1 = ", ".join(str(s) for s in shapes1)
+        out2 = ", ".join(str(s) for s in shapes2)
+        note = "; without vmap_axes the whole batch is one example" if kernel == "NTK" else ""
+        return f"the {kernel} of f(x1) of shape {out1} and f(x2) of shape {out2} (kernel {shape}, {name}{note})"
 
 
 _ALLOCATOR_PRIMED = False

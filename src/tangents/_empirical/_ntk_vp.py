@@ -31,8 +31,8 @@ from .._torch_private import tree_map
 
 from ._axes import OutputSpec, reduce_full
 from ._function import Problem
-from ._jacobian import jacobians
-from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, profile
+from ._jacobian import JacobianSource
+from ._memory import CHUNK_BYTES, CHUNK_TENSOR_BYTES, MIN_CHUNK_ROWS, cached_profile
 
 
 def jvp_any(fn: Callable, primals: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> Any:
@@ -57,7 +57,8 @@ def ntk_vp(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: di
     return jvp_any(lambda *t: problem.per_batch(t, x1, kw1), tensors, tangents)
 
 
-def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: dict[str, Any]) -> int:
+def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1: dict[str, Any],
+              cache: dict | None = None) -> int:
     """Rows per ``vmap`` chunk of forward-mode products through ``x1``.
 
     One forward pass on one example of ``x1`` (the whole batch without ``vmap_axes``)
@@ -65,19 +66,21 @@ def row_chunk(problem: Problem, tensors: tuple[torch.Tensor, ...], x1: Any, kw1:
     times as many. ``c`` keeps them within ``CHUNK_BYTES`` (but at least
     ``MIN_CHUNK_ROWS``) and the largest within ``CHUNK_TENSOR_BYTES``.
     """
-    sizes = profile(problem, tensors, x1, kw1)
+    sizes = cached_profile(problem, tensors, x1, kw1, cache)
     scale = problem.batch_size(x1, kw1) * tensors[0].element_size()
     by_total = CHUNK_BYTES // max(1, sizes.activations * scale)
     by_largest = CHUNK_TENSOR_BYTES // max(1, sizes.largest * scale)
     return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))
 
 
-def _flat_rows(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]
-               ) -> list[tuple[torch.Tensor, ...]]:
+def _flat_rows(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any],
+               n_leads: list[int], cache: dict | None) -> list[tuple[torch.Tensor, ...]]:
     """Per output leaf, the rows ``J2ᵀ e`` of the examples ``xb``: ``(E·|S|, *p)`` per parameter,
     each a tensor of its own (forward mode copies a tangent that is a slice of a larger one
-    into a fresh buffer before using it)."""
-    return [tuple(r.reshape(-1, *t.shape) for r, t in zip(leaf, tensors)) for leaf in jacobians(problem, tensors, xb, kw)]
+    into a fresh buffer before using it). They are the per-example Jacobians
+    (`_jacobian.JacobianSource`)."""
+    source = JacobianSource(problem, tensors, xb, kw, n_leads, cache)
+    return [tuple(r.reshape(-1, *t.shape) for r, t in zip(source.all(leaf), tensors)) for leaf in range(len(n_leads))]
 
 
 def _row_leads(problem: Problem, tensors: tuple[torch.Tensor, ...], xb: Any, kw: dict[str, Any]) -> list[torch.Size]:
@@ -95,6 +98,7 @@ def _columns_by_example_chunks(
     kw2: dict[str, Any],
     leads: list[torch.Size],
     rows_per_chunk: int,
+    cache: dict | None = None,
 ) -> list[torch.Tensor]:
     """Per output leaf, the ``(R, E1, *S)`` columns of Θ(x1, x2), a chunk of examples of
     ``x2`` (``x1`` when ``x2`` is None) at a time: the chunk's rows ``J2ᵀ e`` are computed
@@ -113,7 +117,7 @@ def _columns_by_example_chunks(
     cols: list[torch.Tensor | None] = [None] * len(leads)
     for a in range(0, e2, per):
         b = min(a + per, e2)
-        rows = _flat_rows(problem, tensors, *problem.slice(src, ksrc, a, b))
+        rows = _flat_rows(problem, tensors, *problem.slice(src, ksrc, a, b), [len(lead) for lead in leads], cache)
         xb, kb = problem.slice(x1, kw1, 0, b) if x2 is None else (x1, kw1)
         for leaf, lead in enumerate(leads):
             s = math.prod(lead[1:])
@@ -136,18 +140,19 @@ def ntk_vector_products(
     x2: Any | None,
     kw2: dict[str, Any],
     specs: list[OutputSpec],
+    cache: dict | None = None,
 ) -> list[torch.Tensor]:
     """Canonical kernels (one per output leaf) for a block of examples."""
     src, ksrc = (x1, kw1) if x2 is None else (x2, kw2)
     leads = _row_leads(problem, tensors, src, ksrc)
     n_rows = max(lead.numel() for lead in leads)
-    chunk = row_chunk(problem, tensors, x1, kw1) if n_rows > MIN_CHUNK_ROWS else None
+    chunk = row_chunk(problem, tensors, x1, kw1, cache) if n_rows > MIN_CHUNK_ROWS else None
     if chunk is not None and chunk >= n_rows:
         chunk = None
     if problem.independent and chunk is not None:
-        columns = _columns_by_example_chunks(problem, tensors, x1, kw1, x2, kw2, leads, chunk)
+        columns = _columns_by_example_chunks(problem, tensors, x1, kw1, x2, kw2, leads, chunk, cache)
     else:  # one example (no vmap_axes) or few rows: all rows at once, chunked in the vmap
-        rows = _flat_rows(problem, tensors, src, ksrc)
+        rows = _flat_rows(problem, tensors, src, ksrc, [len(s.kinds) for s in specs], cache)
         columns = [vmap(lambda *v, leaf=leaf: ntk_vp(problem, tensors, x1, kw1, v)[leaf], chunk_size=chunk)(*rows[leaf])
                    for leaf in range(len(specs))]  # (R, E1, *S)
     out = []

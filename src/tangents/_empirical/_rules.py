@@ -151,20 +151,23 @@ def tokens(use: Use, rule: Linearish, p_shape: torch.Size, g: torch.Tensor, inpu
 
 
 def jacobian_of(rule: Linearish, p_shape: torch.Size, gg: torch.Tensor, xx: torch.Tensor | None) -> torch.Tensor:
-    """The per-example Jacobian ``Σ_t G[t] ⊗ x[t]`` laid out like the parameter: ``(E, *S, *p)``."""
+    """The per-example Jacobian ``Σ_t G[t] ⊗ x[t]`` laid out like the parameter: ``(E, *S, *p)``.
+
+    One batched matrix product over the examples and outputs, written straight into the
+    parameter's layout (an ``einsum`` would, for one token, broadcast a product and then copy
+    the Jacobian, a parameter-sized tensor per output, into another layout, twice).
+    """
     if xx is None:
         return gg.sum(-2).reshape(*gg.shape[:-2], *p_shape)
-    j = _outer_sum(gg, xx)
-    if rule.role == "weight_t":
-        j = j.transpose(-1, -2)
-    return j.reshape(*gg.shape[:-2], *p_shape)
-
-
-def _outer_sum(gg: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-    n = gg.ndim
-    lead = list(range(n - 2))
-    t, o, i = n - 2, n, n + 1
-    return torch.einsum(gg, lead + [t, o], xx, [0, t, i], lead + [o, i])
+    lead = gg.shape[:-2]
+    e, t = xx.shape[:2]
+    g = gg.reshape(e, -1, t, gg.shape[-1])  # (E, |S|, T, out)
+    x = xx.unsqueeze(1)  # (E, 1, T, in)
+    if rule.role == "weight_t":  # x @ W, W (in, out): J[e, s] = x[e]ᵀ G[e, s]
+        j = torch.matmul(x.transpose(-1, -2), g)
+    else:  # W (out, in, ...): J[e, s] = G[e, s]ᵀ x[e]
+        j = torch.matmul(g.transpose(-1, -2), x)
+    return j.reshape(*lead, *p_shape)
 
 
 def structured(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

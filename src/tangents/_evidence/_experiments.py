@@ -18,9 +18,7 @@ import torch
 
 from .._version import __version__
 from ..empirical import NtkImplementation, empirical_ntk_fn
-# Through the table of contents: importing the submodule ``tangents.linearize`` directly would
-# bind the package attribute ``tangents.linearize`` to the module, hiding the function.
-from .. import linearize
+from .._linearize import linearize
 from ..plot import fit_power_law
 from ..predict import gradient_descent_mse, gradient_descent_mse_ensemble, max_learning_rate
 from ._report import EvidenceError, EvidenceReport, rms

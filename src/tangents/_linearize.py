@@ -23,7 +23,9 @@ from torch import nn
 from torch.func import jvp
 from ._torch_private import tree_flatten, tree_unflatten
 
-from ._empirical._function import module_apply_fn
+from ._empirical._function import Parameters, module_apply_fn
+
+__all__ = ["TaylorExpandedModel", "linearize", "taylor_expand"]
 
 PyTree = Any
 
@@ -31,18 +33,22 @@ PyTree = Any
 class TaylorExpandedModel(nn.Module):
     """``f`` expanded to order ``degree`` in its parameters around ``θ0`` (see module docstring).
 
+    Called as ``model(x)`` (at its own trainable parameters ``θ``) or, like neural-tangents'
+    ``f_lin(params, x)``, as ``model(params, x)`` (the same as ``model.apply_fn(params, x)``).
+
     Attributes:
         params: the trainable ``θ`` (an ``nn.ParameterList`` of the tensor leaves of the
             parameter tree), initialised at ``θ0``.
         degree: the order of the expansion (1 for :func:`linearize`).
     """
 
-    def __init__(self, f: Callable | nn.Module, params: PyTree | None, degree: int, caller: str) -> None:
+    def __init__(self, f: Callable | nn.Module, params: PyTree | None, degree: int, caller: str,
+                 parameters: Parameters = "trainable") -> None:
         super().__init__()
         if not isinstance(degree, int) or isinstance(degree, bool) or degree < 0:
             raise ValueError(f"{caller}: degree must be an int >= 0, got {degree!r}.")
         if isinstance(f, nn.Module):
-            apply, params = module_apply_fn(f, params)
+            apply, params = module_apply_fn(f, params, parameters, caller)
             # Keep the module out of our submodules: its parameters are not ours to train.
             object.__setattr__(self, "_module", f)
         elif callable(f):
@@ -107,9 +113,17 @@ class TaylorExpandedModel(nn.Module):
             total = term if total is None else _tree_add(total, term)
         return total
 
-    def forward(self, x: PyTree, **kwargs: Any) -> PyTree:
-        """The expansion at the module's own parameters ``θ``."""
-        return self.expand(tuple(self.params), x, **kwargs)
+    def forward(self, *args: PyTree, **kwargs: Any) -> PyTree:
+        """``model(x)``: the expansion at the module's own parameters ``θ``; ``model(params, x)``:
+        at ``params`` (neural-tangents' ``f_lin(params, x)``, as :meth:`apply_fn`)."""
+        if len(args) == 1:
+            return self.expand(tuple(self.params), args[0], **kwargs)
+        if len(args) == 2:
+            return self.apply_fn(args[0], args[1], **kwargs)
+        raise TypeError(
+            f"{type(self).__name__}: call model(x) (at its own parameters) or model(params, x) "
+            f"(neural-tangents' f_lin(params, x)); got {len(args)} positional arguments."
+        )
 
     def apply_fn(self, params: PyTree, x: PyTree, **kwargs: Any) -> PyTree:
         """The expansion at ``params`` (a tree shaped like ``θ0``; a name->tensor dict for modules)."""
@@ -127,19 +141,26 @@ def _tree_scale(a: PyTree, c: float) -> PyTree:
     return tree_unflatten([x * c for x in la], spec)
 
 
-def linearize(f: Callable | nn.Module, params: PyTree | None = None) -> TaylorExpandedModel:
+def linearize(f: Callable | nn.Module, params: PyTree | None = None, *,
+              parameters: Parameters = "trainable") -> TaylorExpandedModel:
     """The first-order Taylor expansion of ``f`` in its parameters around ``params`` (``θ0``).
 
-    ``f_lin(θ, x) = f(θ0, x) + J(θ0, x)(θ − θ0)``, by one forward-mode product per call.
+    ``f_lin(θ, x) = f(θ0, x) + J(θ0, x)(θ − θ0)``, by one forward-mode product per call;
+    for ``x`` of shape ``(N, ...)`` the output has the shape of ``f(x)``, e.g. ``(N, O)``.
 
     Args:
-        f: an ``nn.Module`` (``params`` defaults to its own parameters; a dict of some of
-            them linearizes in those only) or a function ``f(params, x, **kwargs)``.
-        params: ``θ0``: a tree of tensors (None leaves allowed) for a function.
+        f: an ``nn.Module`` or a function ``f(params, x, **kwargs)``.
+        params: ``θ0``: for a function, a tree of tensors (None leaves allowed); for a module,
+            None (the parameters ``parameters`` selects, at their current values) or a dict of
+            some of them (it is linearized in those only).
+        parameters: for a module, which parameters are expanded (the others stay fixed):
+            ``"trainable"`` (default: those with ``requires_grad=True``), ``"all"``, a name
+            filter ``name -> bool``, a list of names, or a dict ``name -> tensor``.
 
     Returns:
         A :class:`TaylorExpandedModel`: ``model(x)`` evaluates at its trainable parameters
-        (initially ``θ0``, so ``model(x) == f(x)``); ``model.apply_fn(params, x)`` at others.
+        (initially ``θ0``, so ``model(x) == f(x)``); ``model(params, x)`` (or
+        ``model.apply_fn(params, x)``) at others, like neural-tangents' ``f_lin(params, x)``.
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
@@ -149,15 +170,27 @@ def linearize(f: Callable | nn.Module, params: PyTree | None = None) -> TaylorEx
         True
         >>> opt = torch.optim.SGD(lin.parameters(), lr=0.1)  # train it like any module
     """
-    return TaylorExpandedModel(f, params, 1, "linearize")
+    return TaylorExpandedModel(f, params, 1, "linearize", parameters)
 
 
-def taylor_expand(f: Callable | nn.Module, params: PyTree | None, degree: int) -> TaylorExpandedModel:
+def taylor_expand(f: Callable | nn.Module, params: PyTree | None, degree: int, *,
+                  parameters: Parameters = "trainable") -> TaylorExpandedModel:
     """The Taylor expansion of ``f`` in its parameters around ``params`` to order ``degree``.
 
     ``f_tayl(θ, x) = Σ_{k≤degree} (1/k!) ∂_t^k f(θ0 + t(θ − θ0), x)|_{t=0}``, by nested
     forward-mode products along the line from ``θ0`` to ``θ`` (degree 0 is ``f(θ0)``,
-    degree 1 is :func:`linearize`).
+    degree 1 is :func:`linearize`): ``degree`` forward-mode passes per call.
+
+    Args:
+        f: an ``nn.Module`` or a function ``f(params, x, **kwargs)``.
+        params: ``θ0``, as in :func:`linearize` (None for a module: its selected parameters).
+        degree: the order of the expansion, an int ``>= 0``.
+        parameters: for a module, which parameters are expanded (see :func:`linearize`).
+
+    Returns:
+        A :class:`TaylorExpandedModel` (an ``nn.Module``): ``model(x)`` at its trainable
+        parameters ``θ`` (initially ``θ0``), ``model(params, x)`` at ``params``; outputs shaped
+        like ``f(x)``, e.g. ``(N, O)`` for ``x`` of shape ``(N, ...)``.
 
     Example:
         >>> f = lambda p, x: torch.sin(x @ p)
@@ -165,4 +198,4 @@ def taylor_expand(f: Callable | nn.Module, params: PyTree | None, degree: int) -
         >>> f2(torch.randn(4, 3)).shape
         torch.Size([4, 2])
     """
-    return TaylorExpandedModel(f, params, degree, "taylor_expand")
+    return TaylorExpandedModel(f, params, degree, "taylor_expand", parameters)
