@@ -46,6 +46,10 @@ PUBLIC: dict[str, set[str]] = {
         "kernel_vs_angle", "new_axes", "residual_projections", "spectrum", "trajectories",
     },
     "tangents.cli": {"COMMANDS", "main"},
+    "tangents.empirical": {
+        "EmpiricalKernelFn", "NtkImplementation", "NtkPlan", "empirical_kernel_fn", "empirical_nngp_fn",
+        "empirical_ntk_fn", "empirical_ntk_vp_fn",
+    },
 }
 
 
