@@ -375,7 +375,10 @@ def compute_kernel(
                     damaged += 1
                     with contextlib.suppress(OSError):
                         manifest_file(path, block.index).unlink()
-        workers = torch.get_num_threads() if device.type == "cpu" else 1
+        # Blocks in threads only for stax kernel functions: other kernel functions (empirical
+        # ones of an nn.Module) swap the module's parameters for each call and are not
+        # thread-safe; their blocks run in turn, each with all threads.
+        workers = torch.get_num_threads() if device.type == "cpu" and analytic else 1
         if client is None:
             _check_memory(meta, device, 2 * workers + 2)
         _check_disk(path, meta, len(missing))
