@@ -91,3 +91,21 @@ def test_layers_index_like_neural_tangents_triples() -> None:
         net["kernel_fn"]
     with pytest.raises(IndexError):
         net[3]
+
+
+def test_a_first_small_kernel_imports_nothing_heavy() -> None:
+    """A first 100 x 100 FC kernel in a fresh process: torch.broadcast_shapes imported sympy
+    (through torch.fx's symbolic shapes) on its first call, 0.3-0.7 s of a 0.04 s call; the
+    kernel path must not reach it (nor torch._dynamo)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, torch, tangents\n"
+        "from tangents import stax\n"
+        "_, _, k = stax.serial(stax.Dense(64), stax.Relu(), stax.Dense(64), stax.Erf(), stax.Dense(1))\n"
+        "k(torch.randn(100, 10), None, ('nngp', 'ntk'))\n"
+        "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "[]", (done.stdout, done.stderr[-2000:])

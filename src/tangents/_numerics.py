@@ -143,10 +143,11 @@ def angles(cov12: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, zero_var
         # q = √v₁ √v₂: square roots of the (small) variance tensors, not of the full product
         # (cheaper, and v₁v₂ cannot overflow or underflow)
         q = var1.clamp_min(0).sqrt() * var2.clamp_min(0).sqrt()
-        shape = torch.broadcast_shapes(cov12.shape, q.shape)
         if torch.compiler.is_compiling():
             out = _angles_functional(cov12, q, tau)
         else:
+            # (numpy's broadcast: torch.broadcast_shapes imports sympy on its first call, 0.4-0.7 s)
+            shape = np.broadcast_shapes(tuple(cov12.shape), tuple(q.shape))
             out = _angles_in_place(cov12, q if q.shape == shape else q.expand(shape).contiguous(), tau)
     if zero_variance_angle != math.pi / 2:
         zero = out.norm == 0
