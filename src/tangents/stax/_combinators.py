@@ -53,6 +53,11 @@ class _Serial(Layer):
             x = layer.apply(p, x, **kwargs)
         return x
 
+    def apply_with_masks(self, params: Params, x: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
+        for child, p in zip(self.children, params):
+            x, mask = child.apply_with_masks(p, x, mask, **kwargs)
+        return x, mask
+
     def propagate(self, k: KernelTree, **kwargs: Any) -> KernelTree:
         for layer in self.children:
             k = layer.transform(k, **kwargs)
@@ -107,6 +112,11 @@ class _Parallel(Layer):
     def apply(self, params: Params, x: Any, **kwargs: Any) -> Any:
         self._check_arity(x, "inputs")
         return type(x)(layer.apply(p, xi, **kwargs) for layer, p, xi in zip(self.children, params, x))
+
+    def apply_with_masks(self, params: Params, x: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
+        masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(x)
+        pairs = [c.apply_with_masks(p, xi, mi, **kwargs) for c, p, xi, mi in zip(self.children, params, x, masks)]
+        return type(x)(q[0] for q in pairs), type(x)(q[1] for q in pairs)
 
     def propagate(self, k: KernelTree, **kwargs: Any) -> KernelTree:
         self._check_arity(k, "kernels")
@@ -165,6 +175,11 @@ class _Repeat(Layer):
         for p in params:
             x = self.layer.apply(p, x, **kwargs)
         return x
+
+    def apply_with_masks(self, params: Params, x: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
+        for p in params:
+            x, mask = self.layer.apply_with_masks(p, x, mask, **kwargs)
+        return x, mask
 
     def propagate(self, k: KernelTree, **kwargs: Any) -> KernelTree:
         self.output_shape(_tree_shapes(k, "shape1"))  # the repeated layer must keep the shape

@@ -31,7 +31,7 @@ from ._compiled import can_compile, compiled_elementwise, entries_per_pair, tile
 from ._covariance import symmetrized
 from ._hyperparameters import differentiated_hyperparameters
 from ._inputs import inputs_to_kernel
-from ._masking import MaskedArray, apply_masked, has_masks, input_mask, propagate_masks
+from ._masking import MaskedArray, apply_leaf_masked, has_masks, input_mask, propagate_masks
 from ._requirements import Requirements
 from ._tape import COVARIANCE_TAPES, transform_with_tape
 from ._validate import (
@@ -116,6 +116,14 @@ class Layer:
         """The output's boolean mask (``True`` = masked) given the input's (default: unchanged)."""
         return mask
 
+    def apply_with_masks(self, params: Params, x: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """The finite-width forward pass carrying masks: ``(outputs, output mask)``.
+
+        A leaf layer sees 0 at masked entries, receives ``mask=`` and maps the mask with
+        `mask`; combinators override this to carry masks through their children.
+        """
+        return apply_leaf_masked(self, params, x, mask, **kwargs)
+
     # ------------------------------------------------------------------ internal composition
 
     @property
@@ -141,7 +149,7 @@ class Layer:
         shape1 = self.output_shape(_tree_shapes(k, "shape1"))
         shape2 = self.output_shape(_tree_shapes(k, "shape2"))
         out = _tree_set_shapes(out, shape1, shape2)
-        return propagate_masks(self, k, out) if has_masks(k) else out
+        return propagate_masks(self, k, out, type(self).mask is not Layer.mask) if has_masks(k) else out
 
     # ------------------------------------------------------------------ public API
 
@@ -218,7 +226,7 @@ class Layer:
         x = check_apply_call(self, params, x, caller)
         if mask is None:
             return self.apply(params, x, **kwargs)
-        return MaskedArray(*apply_masked(self, params, x, mask, **kwargs))
+        return MaskedArray(*self.apply_with_masks(params, x, mask, **kwargs))
 
     def kernel_fn(
         self,

@@ -143,12 +143,11 @@ def has_masks(k: Any) -> bool:
     return any(has_masks(ki) for ki in k)
 
 
-def propagate_masks(layer: Any, k_in: Any, out: Any) -> Any:
-    """Sets ``out``'s masks to ``layer.mask`` of ``k_in``'s and, if ``layer.remask``, zeroes
-    the covariances of masked entries (called by `Layer.transform` when masks are present)."""
-    from ._layer import Layer
-
-    if type(layer).mask is not Layer.mask:
+def propagate_masks(layer: Any, k_in: Any, out: Any, maps_masks: bool) -> Any:
+    """Sets ``out``'s masks to ``layer.mask`` of ``k_in``'s (when ``maps_masks``: the layer
+    changes masks) and, if ``layer.remask``, zeroes the covariances of masked entries (called
+    by `Layer.transform` when masks are present)."""
+    if maps_masks:
 
         def new(attr: str, shape_attr: str) -> Any:
             m = _tree_masks(k_in, attr)
@@ -185,28 +184,15 @@ def _zero_masked(x: Any, mask: Any) -> Any:
     return x.masked_fill(mask, 0)
 
 
-def apply_masked(layer: Any, params: Any, x: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
-    """The finite-width forward pass carrying masks layer by layer: ``(outputs, mask)``.
+def apply_leaf_masked(layer: Any, params: Any, x: Any, mask: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """A leaf layer's finite-width forward pass with masks: ``(outputs, mask)``.
 
-    Leaf layers receive ``mask=`` (pooling averages over unmasked entries) and map it
-    with ``layer.mask``; combinators recurse.
+    The layer sees 0 at masked entries (as in NT) and receives ``mask=`` (pooling averages
+    over unmasked entries); the output's mask is ``layer.mask`` of the input's. Combinators
+    carry masks through their children (`Layer.apply_with_masks`).
     """
-    from ._combinators import _Parallel, _Repeat, _Serial
-
-    if isinstance(layer, _Serial):
-        for child, p in zip(layer.children, params):
-            x, mask = apply_masked(child, p, x, mask, **kwargs)
-        return x, mask
-    if isinstance(layer, _Repeat):
-        for p in params:
-            x, mask = apply_masked(layer.layer, p, x, mask, **kwargs)
-        return x, mask
-    if isinstance(layer, _Parallel):
-        masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(x)
-        pairs = [apply_masked(c, p, xi, mi, **kwargs) for c, p, xi, mi in zip(layer.children, params, x, masks)]
-        return type(x)(q[0] for q in pairs), type(x)(q[1] for q in pairs)
     shape = [tuple(xi.shape) for xi in x] if isinstance(x, (list, tuple)) else tuple(x.shape)
-    x = _zero_masked(x, mask)  # every layer sees 0 at masked entries, as in NT
+    x = _zero_masked(x, mask)
     out = layer.apply(params, x, mask=mask, **kwargs)
     if mask is None or (isinstance(mask, (list, tuple)) and all(m is None for m in mask)):
         return out, None

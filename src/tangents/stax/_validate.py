@@ -171,7 +171,7 @@ def check_call_kwargs(layer: Layer, kwargs: Iterable[str], caller: str) -> None:
     for key in kwargs:
         if key in declared or key in documented:
             continue
-        anywhere = _keywords_of_all_layers(kind)
+        anywhere = _keywords_of_all_layers(kind, layer)
         close = difflib.get_close_matches(key, list(documented) + sorted(declared) + sorted(anywhere), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         if declared:
@@ -191,12 +191,12 @@ def check_call_kwargs(layer: Layer, kwargs: Iterable[str], caller: str) -> None:
         )
 
 
-def _keywords_of_all_layers(kind: str) -> dict[str, list[str]]:
-    """``{keyword: [layer classes]}`` over every `Layer` class defined (for error hints)."""
-    from ._layer import Layer
-
+def _keywords_of_all_layers(kind: str, layer: Layer) -> dict[str, list[str]]:
+    """``{keyword: [layer classes]}`` over every `Layer` class defined (for error hints);
+    ``layer`` is any layer: its topmost class that declares ``{kind}_kwargs`` is `Layer`."""
+    root = next(c for c in reversed(type(layer).__mro__) if hasattr(c, f"{kind}_kwargs"))
     out: dict[str, list[str]] = {}
-    stack = list(Layer.__subclasses__())
+    stack = list(root.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
