@@ -18,9 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._arguments import device as _device
+from ._arguments import learning_rate_or_auto as _learning_rate
+
 __all__ = ["build_parser", "load_network", "main"]
 
-_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 _NETWORK = re.compile(r"(?P<module>[^:]+):(?P<function>[A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -53,24 +55,6 @@ def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
-
-
-def _learning_rate(text: str) -> float | None:
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
-    return value
-
-
-def _device(text: str) -> str:
-    if not _DEVICE.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected a torch device such as 'cpu' or 'cuda:0', got {text!r}")
-    return text.strip()
 
 
 def _network(text: str) -> str:

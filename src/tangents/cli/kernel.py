@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import signal
 import sys
 import time
@@ -31,35 +30,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._arguments import device as _device
+from ._arguments import non_negative_int as _non_negative_int
+from ._arguments import positive_int as _positive_int
+
 __all__ = ["build_parser", "main"]
 
 _PRESETS = ("fc", "cnn", "myrtle5", "myrtle7", "myrtle10", "resnet")  # tangents.stax.PRESETS
 _NAMES = ("nngp", "ntk")
-_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
 class _Failure(Exception):
     """The command cannot go on; the message says why and what to do."""
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def _get(text: str) -> tuple[str, ...]:
@@ -68,12 +50,6 @@ def _get(text: str) -> tuple[str, ...]:
     if not names or bad or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"expected nngp, ntk or nngp,ntk, got {text!r}")
     return names
-
-
-def _device(text: str) -> str:
-    if not _DEVICE.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected a torch device such as 'cpu' or 'cuda:0', got {text!r}")
-    return text.strip()
 
 
 def build_parser(prog: str = "tangents kernel") -> argparse.ArgumentParser:

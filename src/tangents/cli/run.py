@@ -34,11 +34,15 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from ._arguments import device as _device
+from ._arguments import learning_rate_or_auto as _learning_rate
+from ._arguments import non_negative_int as _non_negative_int
+from ._arguments import positive_int as _positive_int
 
 from typing import TYPE_CHECKING
 
@@ -130,26 +134,6 @@ class Report:
 # ---------------------------------------------------------------------- argument parsing
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
-
-
 def _n_train(text: str) -> int:
     value = _positive_int(text)
     if not 2 <= value <= N_DIGITS - MIN_TEST:
@@ -160,33 +144,13 @@ def _n_train(text: str) -> int:
     return value
 
 
-def _learning_rate(text: str) -> float | None:
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number, got {text!r}")
-    return value
-
-
 _DTYPES = ("float32", "float64")
-_DEVICE = re.compile(r"(cpu|cuda)(:\d+)?")
 
 
 def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _device(text: str) -> str:
-    """A device name, checked by its form only (torch is not imported while parsing)."""
-    if not _DEVICE.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected a torch device such as 'cpu' or 'cuda:0', got {text!r}")
-    return text.strip()
 
 
 def _check_device(text: str | None) -> torch.device:
