@@ -117,6 +117,71 @@ def test_nystrom_with_fewer_centres_equals_its_closed_form(centers, dtype):
     assert relative_error(out, (k_tc @ alpha).numpy()) <= 1e-6
 
 
+def test_nystrom_blocks_on_disk_give_the_numbers_of_blocks_in_memory(tmp_path):
+    """cache_dir: the blocks of K(X, C) beyond cache_bytes are written once and read at every
+    CG iteration. The numbers are those of the in-memory fit (bit for bit: the same blocks,
+    the same products); nothing is recomputed after the first pass, and the files are gone
+    after the fit."""
+    from tangents._predict import _nystrom_blocks
+
+    kernel_fn, x, y, xt = _data("fc", outputs=3)
+    x = x.to(torch.float32)
+    kept = predict.nystrom(kernel_fn, x, y, n_centers=20, diag_reg=DIAG_REG, seed=0, tol=1e-10)(x_test=xt, get="ntk")
+    computed = []
+    original = _nystrom_blocks.LocalBlocks.block
+
+    def counting(self, b):
+        before = self.computed
+        out = original(self, b)
+        computed.append(self.computed - before)
+        return out
+
+    import tangents._predict._nystrom as nystrom_module
+
+    rows = nystrom_module.BLOCK_BYTES
+    try:
+        nystrom_module.BLOCK_BYTES = 20 * 8 * 8  # blocks of 8 rows: several blocks, all spilled
+        _nystrom_blocks.LocalBlocks.block = counting
+        ny = predict.nystrom(kernel_fn, x, y, n_centers=20, diag_reg=DIAG_REG, seed=0, tol=1e-10, cache_bytes=0,
+                             cache_dir=tmp_path)
+        spilled = ny(x_test=xt, get="ntk")
+    finally:
+        _nystrom_blocks.LocalBlocks.block = original
+        nystrom_module.BLOCK_BYTES = rows
+    n_blocks = -(-len(x) // 8)
+    assert ny.info["iterations"]["ntk"] >= 2
+    # the first pass computes every block; the CG passes read them all; the predictions compute
+    assert sum(computed[:n_blocks]) == n_blocks and sum(computed[n_blocks:-1]) == 0
+    assert list(tmp_path.iterdir()) == []
+    # measured 0: blocks of 8 rows against one block sum the float64 products in another order
+    # (1e-15), below the float32 output's rounding; 1e-6 would still catch a wrong block
+    assert relative_error(spilled, kept) <= 1e-6
+
+
+def test_nystrom_cache_dir_is_checked(tmp_path):
+    kernel_fn, x, y, xt = _data("fc")
+    with pytest.raises(ValueError, match=r"cache_dir=.*missing.* is not an existing directory; create it first"):
+        predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_dir=tmp_path / "missing")
+    with pytest.raises(TypeError, match="cache_dir must be a directory path or None, got int"):
+        predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_dir=3)
+    with pytest.raises(ValueError, match="with a client they stay in the workers' memory"):
+        predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_dir=tmp_path, client=object())
+
+
+def test_gram_of_a_lower_triangular_factor_by_blocks():
+    """The preconditioner's LᵀL by blocks that skip the zeros of L, against the full product,
+    for sizes below, at and across the block size."""
+    from tangents._predict._nystrom import _gram_of_lower
+
+    g = torch.Generator().manual_seed(0)
+    for m in (1, 7, 16, 17, 40):
+        a = torch.randn(m, m, dtype=torch.float64, generator=g)
+        lower = torch.linalg.cholesky(a @ a.T + m * torch.eye(m, dtype=torch.float64))
+        got = _gram_of_lower(lower, block=16)
+        assert torch.equal(got, got.T)
+        assert float((got - lower.T @ lower).abs().max()) <= 1e-13 * float((lower.T @ lower).abs().max())  # measured 4e-16
+
+
 def test_leverage_centres_find_the_isolated_points():
     """40 copies (up to 1e-6) of one input and 8 distinct ones: ridge leverage scores are about
     1/40 on the copies and about 1 on the others, so centers='leverage' picks the distinct

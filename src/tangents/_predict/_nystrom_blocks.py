@@ -5,7 +5,8 @@ inputs and the centres, each reducing a block to something small (``M × c``). A
 source splits ``X`` into blocks of rows and applies a reduction to every block:
 
 * `LocalBlocks` computes blocks in this process and keeps the first ones in memory while
-  they fit in ``cache_bytes`` (the rest are recomputed at every pass);
+  they fit in ``cache_bytes``; the rest are written once to files under ``spill_dir`` and
+  read back at every pass, or, without a ``spill_dir``, recomputed at every pass;
 * `DaskBlocks` (`dask_blocks`) scatters the inputs to a ``dask.distributed`` cluster once
   and runs one task per block; with ``persist=True`` the blocks stay in the workers'
   memory between passes (the driver never holds them), and each pass sends only the small
@@ -18,9 +19,13 @@ A reduction is a top-level function ``fn(block, *args)`` where ``block`` is a `K
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from ._operators import slice_inputs
@@ -103,7 +108,10 @@ class LocalBlocks:
             **kwargs)``.
         y: targets ``(N, m)`` handed to reductions with their rows, or ``None``.
         block_rows: examples per block.
-        cache_bytes: bytes of blocks kept between passes.
+        cache_bytes: bytes of blocks kept in memory between passes.
+        spill_dir: a directory for the blocks beyond ``cache_bytes``: each is written once
+            (raw bytes, in a temporary subdirectory deleted by `close`) and read at every
+            later pass instead of being recomputed; ``None`` recomputes them.
         with_diagonal: compute ``diag K(x_i, x_i)`` with each block.
         centre_index: for each centre, its row in ``x`` (or ``-1``); those entries are
             set from the diagonal (see `compute_block`).
@@ -124,6 +132,7 @@ class LocalBlocks:
         with_diagonal: bool,
         centre_index: Optional[torch.Tensor],
         progress: Optional[bool],
+        spill_dir: Optional[Path] = None,
     ) -> None:
         self.kernel_fn, self.x, self.centres, self.names, self.kwargs = kernel_fn, x, centres, names, kwargs
         self.y = y
@@ -135,6 +144,9 @@ class LocalBlocks:
         self.cache: dict[int, KernelBlock] = {}
         self.cached = 0
         self.computed = 0
+        self.spill_root = spill_dir
+        self.spill: Optional[Path] = None  # the temporary subdirectory, made on first spill
+        self.spilled: dict[int, dict[str, tuple[torch.dtype, tuple[int, ...]]]] = {}
 
     def spec(self, b: int) -> tuple[Any, ...]:
         i, j = self.ranges[b]
@@ -147,13 +159,41 @@ class LocalBlocks:
         hit = self.cache.get(b)
         if hit is not None:
             return hit
+        if b in self.spilled:
+            return self._read(b)
         blk = compute_block(*self.spec(b))
         self.computed += 1
         size = sum(t.numel() * t.element_size() for t in blk.k.values())
         if self.cached + size <= self.cache_bytes:
             self.cache[b] = blk
             self.cached += size
+        elif self.spill_root is not None:
+            self._write(b, blk)
         return blk
+
+    def _file(self, b: int, g: str) -> Path:
+        assert self.spill is not None
+        return self.spill / f"{b}.{g}.bin"
+
+    def _write(self, b: int, blk: KernelBlock) -> None:
+        """Writes block ``b``'s kernels (raw bytes; the diagonal is only used by the first pass)."""
+        if self.spill is None:
+            self.spill = Path(tempfile.mkdtemp(prefix="tangents-nystrom-", dir=self.spill_root))
+        layout = {}
+        for g, t in blk.k.items():
+            t = t.detach().to("cpu").contiguous()
+            t.numpy().tofile(self._file(b, g))
+            layout[g] = (t.dtype, tuple(t.shape))
+        self.spilled[b] = layout
+
+    def _read(self, b: int) -> KernelBlock:
+        i, j = self.ranges[b]
+        k = {}
+        for g, (dtype, shape) in self.spilled[b].items():
+            np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+            k[g] = torch.from_numpy(np.fromfile(self._file(b, g), dtype=np_dtype).reshape(shape))
+        y = None if self.y is None else self.y[i:j]
+        return KernelBlock(k, {}, y, i, j)
 
     def reduce(self, fn: Callable[..., Any], *args: Any, desc: str = "nystrom blocks") -> list[Any]:
         """``[fn(block, *args) for every block]``, in order."""
@@ -171,6 +211,10 @@ class LocalBlocks:
 
     def close(self) -> None:
         self.cache.clear()
+        self.spilled.clear()
+        if self.spill is not None:
+            shutil.rmtree(self.spill, ignore_errors=True)
+            self.spill = None
 
 
 def _coincide(centre_index: Optional[torch.Tensor], i: int, j: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
