@@ -168,18 +168,45 @@ def test_nystrom_cache_dir_is_checked(tmp_path):
         predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_dir=tmp_path, client=object())
 
 
-def test_gram_of_a_lower_triangular_factor_by_blocks():
-    """The preconditioner's LᵀL by blocks that skip the zeros of L, against the full product,
-    for sizes below, at and across the block size."""
-    from tangents._predict._nystrom import _gram_of_lower
+def test_falkon_factors_share_one_matrix():
+    """Both Cholesky factors of the preconditioner in one M x M matrix (Falkon's layout), built
+    in place: LᵀL by blocks into the upper triangle (sizes below, at and across the block
+    size), then its Cholesky factor there (LAPACK on the CPU, a copy elsewhere), L untouched;
+    against torch's full products and factorizations."""
+    from tangents._predict._nystrom import _cholesky_upper_in_place, _FalkonPreconditioner, _gram_of_lower_into_upper
 
     g = torch.Generator().manual_seed(0)
     for m in (1, 7, 16, 17, 40):
         a = torch.randn(m, m, dtype=torch.float64, generator=g)
         lower = torch.linalg.cholesky(a @ a.T + m * torch.eye(m, dtype=torch.float64))
-        got = _gram_of_lower(lower, block=16)
-        assert torch.equal(got, got.T)
-        assert float((got - lower.T @ lower).abs().max()) <= 1e-13 * float((lower.T @ lower).abs().max())  # measured 4e-16
+        f = lower.clone()
+        diagonal = _gram_of_lower_into_upper(f, 0.5, block=16)
+        full = 0.5 * lower.T @ lower
+        assert torch.equal(f.tril(), lower)  # L untouched
+        got = f.triu(1) + f.triu(1).T + torch.diag(diagonal)
+        assert float((got - full).abs().max()) <= 1e-14 * float(full.abs().max())  # measured 1.3e-16
+        f.diagonal().copy_(diagonal + 1.0)
+        upper = torch.linalg.cholesky(full + torch.eye(m, dtype=torch.float64), upper=True)
+        for lapack in (True, False):  # LAPACK in place (CPU), or the copy (other devices)
+            h = f.clone()
+            assert _cholesky_upper_in_place(h, lapack=lapack)
+            assert float((h.triu() - upper).abs().max()) <= 1e-14 * float(upper.abs().max())  # measured 1.9e-16
+            assert torch.equal(h.tril(-1), lower.tril(-1))
+        h = -torch.eye(3, dtype=torch.float64)
+        assert not _cholesky_upper_in_place(h.clone(), lapack=True) and not _cholesky_upper_in_place(h, lapack=False)
+    # the preconditioner keeps one M x M matrix and two diagonals; B and Bᵀ are each other's
+    # transposes and B⁻¹ is A T: BᵀB = (TᵀAᵀ A T)⁻¹ checked on a vector
+    k = a @ a.T + torch.eye(40, dtype=torch.float64)
+    pre = _FalkonPreconditioner({"ntk": k.clone()}, "ntk", 1e-3, 1e-4, torch.float64, torch.float64)
+    held = [v for v in vars(pre).values() if isinstance(v, torch.Tensor)]
+    assert sum(t.numel() for t in held) == 40 * 40 + 2 * 40
+    t_factor = torch.linalg.cholesky(k + pre.jitter * torch.eye(40, dtype=torch.float64), upper=True)
+    a_factor = torch.linalg.cholesky(t_factor @ t_factor.T / 40 + 1e-4 * torch.eye(40, dtype=torch.float64), upper=True)
+    v = torch.randn(40, 2, dtype=torch.float64, generator=g)
+    b_ref = torch.linalg.solve(a_factor @ t_factor, v)
+    assert float((pre.b(v) - b_ref).abs().max()) <= 1e-12 * float(b_ref.abs().max())  # measured 2.8e-15 (condition ~1e3)
+    bt_ref = torch.linalg.solve((a_factor @ t_factor).T, v)
+    assert float((pre.bt(v) - bt_ref).abs().max()) <= 1e-12 * float(bt_ref.abs().max())  # measured 3.1e-15
 
 
 def test_leverage_centres_find_the_isolated_points():
