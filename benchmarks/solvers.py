@@ -146,10 +146,11 @@ def worker(cfg: dict) -> dict:
         predict.nystrom(kernel_fn, x[:200], y[:200], n_centers=20, diag_reg=DIAG_REG, seed=0)(x_test=xt[:10], get="ntk")
         iterations.clear()
         m = cfg["m"]
-        # keep the worker under the memory target: the two M x M float64 factors, the inputs,
-        # torch itself and the temporaries of the kernel blocks (~2.5 GiB) first, then as many
-        # blocks of K(X, centres) as fit; the others go to disk (cache_dir), read at every pass
-        cache = int(max(0.0, cfg["memory_gb"] * GiB - 2 * 8 * m * m - 2.5 * GiB))
+        # keep the worker under the memory target: the M x M factors while they are built
+        # (K_MM in float32 and its float64 copy: 12 M² bytes), the inputs, torch itself and the
+        # temporaries of the kernel blocks (~2.5 GiB) first, then as many blocks of
+        # K(X, centres) as fit; the others go to disk (cache_dir), read at every pass
+        cache = int(max(0.0, cfg["memory_gb"] * GiB - 12 * m * m - 2.5 * GiB))
         spill = tempfile.mkdtemp(prefix="solvers-spill-")
         t0 = time.perf_counter()
         try:
