@@ -84,10 +84,13 @@ def run_worker(cmd: list[str], timeout: float, env: dict[str, str] | None = None
     return out
 
 
-def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any], Any] = lambda r: r) -> dict[str, Any]:
+def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any], Any] = lambda r: r,
+                  before: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Times ``call()``: the first (warm-up) call separately, then the median of ``repeats`` calls.
 
     ``sync(result)`` must block until the result is computed (JAX: ``block_until_ready``).
+    ``before()``, if given, runs untimed before every call (e.g. deleting the previous call's
+    files, as the previous result is freed untimed here).
     Both libraries go through this very function, so they get the same protocol: always
     exactly ``repeats`` timed calls (never fewer because a call is slow).
     Returns ``first_s``, ``first_peak_mb`` (peak RSS growth of the first call), ``times_s``,
@@ -96,6 +99,8 @@ def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any
     """
     reset_peak()
     base = rss_mb()
+    if before is not None:
+        before()
     t0 = time.perf_counter()
     result = sync(call())
     first = time.perf_counter() - t0
@@ -106,6 +111,8 @@ def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any
     reset_peak()
     base = rss_mb()
     for i in range(n):
+        if before is not None:
+            before()
         t0, c0 = time.perf_counter(), time.process_time()
         result = sync(call())
         times.append(time.perf_counter() - t0)

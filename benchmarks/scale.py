@@ -8,8 +8,9 @@ Three parts (``all`` runs them in turn):
   (``fc`` preset: ``[Dense(512, 1.5, 0.05), Relu] x 3, Dense(1)``, x (N, 100), N = 8000) and
   CNN (``cnn`` preset: ``[Conv(128, 3x3, SAME), Relu] x 3, GlobalAvgPool, Dense(1)``, 16x16x3
   images, N = 50), float32. Each side in its own fresh process with the same threads, first
-  call (warm-up) apart, median of ``--repeats`` calls; every store call writes a new store
-  (all deleted after the timings, not between them: ``--repeats + 1`` stores on disk).
+  call (warm-up) apart, median of ``--repeats`` calls; every store call writes a new store,
+  the previous one deleted before it, untimed (as the in-memory side's previous kernel is
+  freed untimed).
   Target: time ratio store / in-memory <= 1.15.
 * ``dask``: the same store computed on a Dask ``LocalCluster`` of 1 and of 2 worker processes
   (one thread each), the compute-bound CNN above (N = 64, blocks of 8: 36 tasks of 64
@@ -90,14 +91,20 @@ def worker_overhead(cfg: dict) -> dict:
         path = root / f"store_{len(calls)}.zarr"
         calls.append(path)
         # The first (warm-up) call plans the block size (timing a few examples); the timed
-        # calls reuse it, as a resumed store does. Every call writes a store of its own, all
-        # deleted after the timings: deleting one (0.07 s for FC N = 8000's 385 MB) is not
-        # part of computing the next, as freeing the in-memory kernel is not timed either.
+        # calls reuse it, as a resumed store does. Every call writes a store of its own; the
+        # previous one is deleted before it, untimed (0.07 s for FC N = 8000's 385 MB), as
+        # median_timing frees the in-memory side's previous kernel untimed. (Keeping them all
+        # instead makes every store land in never-used page cache, whose first touch costs
+        # this VM ~1 s of system time per GB: it measured the VM, not the store.)
         store = compute_kernel(net, x, None, GET, path=path, block_size=block[0], progress=False)
         block[0] = store.block_size
         return store
 
-    r = median_timing(call, cfg["repeats"])
+    def delete_previous() -> None:
+        if calls:
+            shutil.rmtree(calls[-1], ignore_errors=True)
+
+    r = median_timing(call, cfg["repeats"], before=delete_previous)
     store = r.pop("result")
     r["block_size"] = store.block_size
     r["blocks"] = len(store.plan)

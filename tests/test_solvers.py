@@ -117,11 +117,12 @@ def test_nystrom_with_fewer_centres_equals_its_closed_form(centers, dtype):
     assert relative_error(out, (k_tc @ alpha).numpy()) <= 1e-6
 
 
-def test_nystrom_blocks_on_disk_give_the_numbers_of_blocks_in_memory(tmp_path):
-    """cache_dir: the blocks of K(X, C) beyond cache_bytes are written once and read at every
-    CG iteration. The numbers are those of the in-memory fit (bit for bit: the same blocks,
-    the same products); nothing is recomputed after the first pass, and the files are gone
-    after the fit."""
+@pytest.mark.parametrize("kept_blocks", [0, 2])
+def test_nystrom_blocks_on_disk_give_the_numbers_of_blocks_in_memory(tmp_path, kept_blocks):
+    """cache_dir: the blocks of K(X, C) beyond cache_bytes (none, or all but two kept in
+    memory) are written once and read at every CG iteration. The numbers are those of the
+    in-memory fit; nothing is recomputed after the first pass, and the files are gone after
+    the fit."""
     from tangents._predict import _nystrom_blocks
 
     kernel_fn, x, y, xt = _data("fc", outputs=3)
@@ -142,8 +143,8 @@ def test_nystrom_blocks_on_disk_give_the_numbers_of_blocks_in_memory(tmp_path):
     try:
         nystrom_module.BLOCK_BYTES = 20 * 8 * 8  # blocks of 8 rows: several blocks, all spilled
         _nystrom_blocks.LocalBlocks.block = counting
-        ny = predict.nystrom(kernel_fn, x, y, n_centers=20, diag_reg=DIAG_REG, seed=0, tol=1e-10, cache_bytes=0,
-                             cache_dir=tmp_path)
+        ny = predict.nystrom(kernel_fn, x, y, n_centers=20, diag_reg=DIAG_REG, seed=0, tol=1e-10,
+                             cache_bytes=kept_blocks * 8 * 20 * 4, cache_dir=tmp_path)
         spilled = ny(x_test=xt, get="ntk")
     finally:
         _nystrom_blocks.LocalBlocks.block = original
