@@ -171,31 +171,36 @@ def test_nystrom_cache_dir_is_checked(tmp_path):
 
 def test_falkon_factors_share_one_matrix():
     """Both Cholesky factors of the preconditioner in one M x M matrix (Falkon's layout), built
-    in place: LᵀL by blocks into the upper triangle, then its blocked Cholesky factor there
-    (sizes below, at and across the block size), L untouched; against torch's full products
-    and factorizations."""
-    from tangents._predict._nystrom import _cholesky_upper_in_place, _FalkonPreconditioner, _gram_of_lower_into_upper
+    in place: T by the blocked Cholesky on the upper triangle (the lower one untouched), TTᵀ by
+    blocks into the lower triangle, then A's factorization there through the transposed view
+    (sizes below, at and across the block size); against torch's full products and
+    factorizations."""
+    from tangents._predict._nystrom import _cholesky_upper_in_place, _FalkonPreconditioner, _gram_of_upper_into_lower
 
     g = torch.Generator().manual_seed(0)
     for m in (1, 7, 16, 17, 40):
         a = torch.randn(m, m, dtype=torch.float64, generator=g)
-        lower = torch.linalg.cholesky(a @ a.T + m * torch.eye(m, dtype=torch.float64))
-        f = lower.clone()
-        diagonal = _gram_of_lower_into_upper(f, 0.5, block=16)
-        full = 0.5 * lower.T @ lower
-        assert torch.equal(f.tril(), lower)  # L untouched
-        got = f.triu(1) + f.triu(1).T + torch.diag(diagonal)
-        assert float((got - full).abs().max()) <= 1e-14 * float(full.abs().max())  # measured 1.3e-16
-        f.diagonal().copy_(diagonal + 1.0)
-        upper = torch.linalg.cholesky(full + torch.eye(m, dtype=torch.float64), upper=True)
+        k = a @ a.T + m * torch.eye(m, dtype=torch.float64)
+        f = k.clone()
         assert _cholesky_upper_in_place(f, block=16)
-        assert float((f.triu() - upper).abs().max()) <= 1e-14 * float(upper.abs().max())  # measured 1.9e-16
-        assert torch.equal(f.tril(-1), lower.tril(-1))
+        t_ref = torch.linalg.cholesky(k, upper=True)
+        assert float((f.triu() - t_ref).abs().max()) <= 1e-14 * float(t_ref.abs().max())  # measured 2e-16
+        assert torch.equal(f.tril(-1), k.tril(-1))  # below: untouched
+        diagonal = _gram_of_upper_into_lower(f, 0.5, block=16)
+        gram = 0.5 * t_ref @ t_ref.T
+        got = f.tril(-1) + f.tril(-1).T + torch.diag(diagonal)
+        assert float((got - gram).abs().max()) <= 1e-14 * float(gram.abs().max())  # measured 3.8e-16
+        assert float((f.triu() - t_ref).abs().max()) <= 1e-14 * float(t_ref.abs().max())  # above: untouched
+        f.diagonal().copy_(diagonal + 1.0)
+        assert _cholesky_upper_in_place(f.mT, block=16)
+        a_ref = torch.linalg.cholesky(gram + torch.eye(m, dtype=torch.float64), upper=True)
+        assert float((f.tril() - a_ref.T).abs().max()) <= 1e-14 * float(a_ref.abs().max())  # measured 2.6e-16
+        assert float((f.triu(1) - t_ref.triu(1)).abs().max()) <= 1e-14 * float(t_ref.abs().max())
     h = torch.eye(40, dtype=torch.float64)
     h[30, 30] = -1.0  # not positive definite, in the third block
     assert not _cholesky_upper_in_place(h, block=16)
-    # the preconditioner keeps one M x M matrix and two diagonals; B and Bᵀ are each other's
-    # transposes and B⁻¹ is A T: BᵀB = (TᵀAᵀ A T)⁻¹ checked on a vector
+    # the preconditioner keeps one M x M matrix and two diagonals; B = T⁻¹A⁻¹ and Bᵀ against
+    # solves with the factors computed by torch
     k = a @ a.T + torch.eye(40, dtype=torch.float64)
     pre = _FalkonPreconditioner({"ntk": k.clone()}, "ntk", 1e-3, 1e-4, torch.float64, torch.float64)
     held = [v for v in vars(pre).values() if isinstance(v, torch.Tensor)]
@@ -204,9 +209,10 @@ def test_falkon_factors_share_one_matrix():
     a_factor = torch.linalg.cholesky(t_factor @ t_factor.T / 40 + 1e-4 * torch.eye(40, dtype=torch.float64), upper=True)
     v = torch.randn(40, 2, dtype=torch.float64, generator=g)
     b_ref = torch.linalg.solve(a_factor @ t_factor, v)
-    assert float((pre.b(v) - b_ref).abs().max()) <= 1e-12 * float(b_ref.abs().max())  # measured 2.8e-15 (condition ~1e3)
+    # measured 2.1e-15 (the condition of A T is ~1e3)
+    assert float((pre.b(v) - b_ref).abs().max()) <= 1e-12 * float(b_ref.abs().max())
     bt_ref = torch.linalg.solve((a_factor @ t_factor).T, v)
-    assert float((pre.bt(v) - bt_ref).abs().max()) <= 1e-12 * float(bt_ref.abs().max())  # measured 3.1e-15
+    assert float((pre.bt(v) - bt_ref).abs().max()) <= 1e-12 * float(bt_ref.abs().max())  # measured 1.2e-15
 
 
 def test_leverage_centres_find_the_isolated_points():

@@ -22,7 +22,8 @@ whose matrix is close to the identity when ``K_nM`` is well sampled by the centr
 (:math:`K_{nM}^\top K_{nM} \approx \frac{n}{M} K_{MM}^2`), so a few tens of iterations
 suffice; :math:`\alpha = B\beta`. Each iteration is one pass over the blocks of
 :math:`K_{nM}` (kept in memory while they fit, else read from ``cache_dir`` or
-recomputed), never ``N × N``. ``T`` and ``A`` share one ``M × M`` matrix.
+recomputed), never ``N × N``. ``T`` and ``A`` share one ``M × M`` matrix, both computed
+in place.
 """
 
 from __future__ import annotations
@@ -340,11 +341,13 @@ def nystrom(
 
 class _FalkonPreconditioner:
     r""":math:`T` and :math:`A` of the module doc, both in one ``M × M`` matrix of ``dtype``
-    (as Falkon stores them): the lower Cholesky factor ``L`` of ``K_MM + jitter`` (:math:`T =
-    L^\top`) in its lower triangle, the upper Cholesky factor :math:`A` of ``LᵀL / M + λ_n I``
-    (:math:`A^\top A`) in its upper triangle, and each diagonal in a vector of its own, put in
-    place before the solves with that factor. At M = 20,000 in float64 that is 3.2 GB, not
-    the 6.4 GB of two matrices.
+    (as Falkon stores them): the upper Cholesky factor :math:`T` of ``K_MM + jitter``
+    (:math:`T^\top T`) in its upper triangle, the upper Cholesky factor :math:`A` of
+    ``TTᵀ / M + λ_n I`` (:math:`A^\top A`) transposed in its lower triangle, and each
+    diagonal in a vector of its own, put in place before the solves with that factor. Both
+    are computed in place (`_cholesky_upper_in_place`, `_gram_of_upper_into_lower`): at
+    M = 20,000 in float64 the preconditioner holds 3.2 GB, and at most ``K_MM`` in its own
+    dtype besides while it is built.
 
     The jitter starts at ``M · eps · mean diag`` and grows tenfold while the factorization
     fails (float32 kernels are indefinite at their rounding); it is recorded. Past
@@ -366,12 +369,10 @@ class _FalkonPreconditioner:
         jitter = m * torch.finfo(dtype).eps * max(abs(scale), 1e-300)
         singular = math.sqrt(torch.finfo(kernel_dtype).eps) * abs(scale)
         cap = max(singular, lam)
-        info = torch.ones((), dtype=torch.int32, device=original.device)
         while True:
             k = _symmetrize_inplace(original.to(dtype=dtype, copy=True))
             k.diagonal().add_(jitter)
-            _, info = torch.linalg.cholesky_ex(k, out=(k, info))  # L below, zeros above
-            if int(info) == 0:
+            if _cholesky_upper_in_place(k):  # T above the diagonal; K_MM's lower triangle left below
                 break
             del k
             if jitter * 10 > cap:
@@ -386,70 +387,74 @@ class _FalkonPreconditioner:
         self.lam = lam_n
         self.factors = k
         self.diag_t = k.diagonal().clone()
-        inner_diag = _gram_of_lower_into_upper(k, 1.0 / m)  # LᵀL / M above the diagonal
+        inner_diag = _gram_of_upper_into_lower(k, 1.0 / m)  # TTᵀ / M below the diagonal
         inner_diag += lam_n
         k.diagonal().copy_(inner_diag)
-        if not _cholesky_upper_in_place(k):  # pragma: no cover - LᵀL/M + λI is positive definite
+        # k's lower triangle is the upper one of k.mT: AᵀA factorized there leaves Aᵀ below
+        if not _cholesky_upper_in_place(k.mT):  # pragma: no cover - TTᵀ/M + λI is positive definite
             raise ValueError(f"{_WHERE}: the Falkon preconditioner of {g!r} could not be factorized; raise diag_reg.")
         self.diag_a = k.diagonal().clone()
         self._diagonal = "a"
 
     def _with(self, which: str) -> torch.Tensor:
-        """The matrix with the diagonal of ``which`` (``"t"``: L, ``"a"``: A) in place."""
+        """The matrix with the diagonal of ``which`` (``"t"``: T, ``"a"``: A) in place."""
         if self._diagonal != which:
             self.factors.diagonal().copy_(self.diag_t if which == "t" else self.diag_a)
             self._diagonal = which
         return self.factors
 
-    # B = T⁻¹ A⁻¹ = L⁻ᵀ A⁻¹
+    # B = T⁻¹ A⁻¹; T above the diagonal, Aᵀ below
     def a_inv(self, v: torch.Tensor) -> torch.Tensor:
         """``A⁻¹ v``."""
-        return torch.linalg.solve_triangular(self._with("a"), v, upper=True)
+        return torch.linalg.solve_triangular(self._with("a").mT, v, upper=True)
 
     def a_t(self, v: torch.Tensor) -> torch.Tensor:
         """``A⁻ᵀ v``."""
-        return torch.linalg.solve_triangular(self._with("a").mT, v, upper=False)
+        return torch.linalg.solve_triangular(self._with("a"), v, upper=False)
 
     def t_t(self, v: torch.Tensor) -> torch.Tensor:
-        """``T⁻ᵀ v = L⁻¹ v``."""
-        return torch.linalg.solve_triangular(self._with("t"), v, upper=False)
+        """``T⁻ᵀ v``."""
+        return torch.linalg.solve_triangular(self._with("t").mT, v, upper=False)
 
     def b(self, v: torch.Tensor) -> torch.Tensor:
         """``B v = T⁻¹ A⁻¹ v``."""
         w = self.a_inv(v)
-        return torch.linalg.solve_triangular(self._with("t").mT, w, upper=True)
+        return torch.linalg.solve_triangular(self._with("t"), w, upper=True)
 
     def bt(self, v: torch.Tensor) -> torch.Tensor:
         """``Bᵀ v = A⁻ᵀ T⁻ᵀ v``."""
         return self.a_t(self.t_t(v))
 
 
-def _gram_of_lower_into_upper(f: torch.Tensor, factor: float, block: int = 2048) -> torch.Tensor:
-    """``factor · LᵀL`` of the lower-triangular ``L`` held in ``f`` (zeros above its diagonal),
-    written above the diagonal of ``f`` itself, ``L`` untouched; returns its diagonal.
+def _gram_of_upper_into_lower(f: torch.Tensor, factor: float, block: int = 2048) -> torch.Tensor:
+    """``factor · UUᵀ`` of the upper-triangular ``U`` held in the upper triangle of ``f``
+    (whatever lies below), written below the diagonal of ``f`` itself, ``U`` untouched;
+    returns its diagonal.
 
-    By blocks ``I ≤ J`` of columns: ``(LᵀL)[I, J] = L[k ≥ J, I]ᵀ L[k ≥ J, J]`` (``L[k, j] = 0``
-    for ``k < j``), a sixth of the FLOPs of the full product. Block ``(I, J)`` is written in
-    rows ``I`` above the diagonal, which no later block reads (they read rows ``k ≥ J'``,
-    ``J' > J``, and the diagonal block ``(J, J)``, done last for its ``J``, while its upper
-    part still holds zeros).
+    By blocks of rows ``J ≤ I``: ``(UUᵀ)[I, J] = U[I, k ≥ I] U[J, k ≥ I]ᵀ`` (``U[i, k] = 0``
+    for ``k < i``), a sixth of the FLOPs of the full product. Row block ``I`` is read first
+    (its diagonal block through a copy with zeros below the diagonal), then its results are
+    written in rows ``I`` below the diagonal, which no later block reads (they read rows
+    ``J ≤ I'`` at columns ``k ≥ I' > I``, all above the diagonal).
     """
     m = f.shape[0]
     diagonal = torch.empty(m, dtype=f.dtype, device=f.device)
-    for j0 in range(0, m, block):
-        j1 = min(j0 + block, m)
-        below = f[j0:]
-        for i0 in range(0, j1, block):
-            i1 = min(i0 + block, j1)
-            part = below[:, i0:i1].T @ below[:, j0:j1]
+    for i0 in range(0, m, block):
+        i1 = min(i0 + block, m)
+        row = f[i0:i1, i0:].clone()  # U[I, k ≥ I]
+        row[:, : i1 - i0] = row[:, : i1 - i0].triu()
+        for j0 in range(0, i1, block):
+            j1 = min(j0 + block, i1)
+            other = row if j0 == i0 else f[j0:j1, i0:]  # U[J, k ≥ I]: above the diagonal for J < I
+            part = row @ other.mT
             part *= factor
-            if i0 < j0:
+            if j0 < i0:
                 f[i0:i1, j0:j1] = part
-            else:  # the diagonal block: its upper triangle, and its diagonal apart
-                part = 0.5 * (part + part.T)
-                diagonal[j0:j1] = part.diagonal()
-                rows, cols = torch.triu_indices(j1 - j0, j1 - j0, 1, device=f.device)
-                f[j0 + rows, j0 + cols] = part[rows, cols]
+            else:  # the diagonal block: its lower triangle, and its diagonal apart
+                part = 0.5 * (part + part.mT)
+                diagonal[i0:i1] = part.diagonal()
+                rows, cols = torch.tril_indices(i1 - i0, i1 - i0, -1, device=f.device)
+                f[i0 + rows, i0 + cols] = part[rows, cols]
     return diagonal
 
 
