@@ -45,7 +45,7 @@ PUBLIC: dict[str, set[str]] = {
         "COLORS", "PowerLawFit", "convergence", "figure_grid", "fit_power_law", "kernel_heatmap",
         "kernel_vs_angle", "new_axes", "residual_projections", "spectrum", "trajectories",
     },
-    "tangents.cli": {"COMMANDS", "main"},
+    "tangents.cli": {"COMMANDS", "entry", "main"},
     "tangents.empirical": {
         "EmpiricalKernelFn", "NtkImplementation", "NtkPlan", "empirical_kernel_fn", "empirical_nngp_fn",
         "empirical_ntk_fn", "empirical_ntk_vp_fn",

@@ -1,5 +1,5 @@
 """``python -m tangents``: the same as the ``tangents`` command (see `tangents.cli`)."""
 
-from .cli import main
+from .cli import entry
 
-raise SystemExit(main())
+entry()

@@ -8,10 +8,13 @@ scikit-learn) is imported, so ``--help``, ``--version`` and argument errors answ
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "entry", "main"]
 
 #: Command name -> (module under ``tangents.cli``, one-line summary). Each module has a
 #: ``main(argv, prog) -> int`` that parses its arguments before importing torch.
@@ -29,8 +32,25 @@ def _commands_text() -> str:
     return "commands (tangents COMMAND --help for each):\n" + "\n".join(rows)
 
 
+def entry() -> NoReturn:
+    """The ``tangents`` console script and ``python -m tangents``: `main`, then exit with its status.
+
+    An interrupted kernel run (Ctrl-C, SIGTERM) leaves its blocks being computed to daemon
+    threads (``tangents-block-*``) rather than wait for them; the interpreter's shutdown
+    would then abort inside torch ("terminate called without an active exception", status
+    -6 instead of 130). Then stdout and stderr are flushed and the process ends at once, with
+    the status: the store is already consistent (every write in flight was finished).
+    """
+    code = main()
+    if any(t.is_alive() and t.name.startswith("tangents-block-") for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tangents`` console script and ``python -m tangents``.
+    """Entry point of the ``tangents`` console script and ``python -m tangents`` (through `entry`).
 
     Args:
         argv: the arguments (default: ``sys.argv[1:]``).
