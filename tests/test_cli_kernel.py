@@ -133,8 +133,11 @@ def test_ctrl_c_leaves_a_resumable_store(capsys, tmp_path):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "2"}
     log = tmp_path / "child.log"
     with open(log, "w") as stderr:
+        # SIGINT as a terminal's Ctrl-C delivers it: a shell without job control starts
+        # background jobs with SIGINT ignored, and Python then installs no handler for it
         child = subprocess.Popen([sys.executable, "-m", "tangents", "kernel", *map(str, command)], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=stderr)
+                                 stdout=subprocess.DEVNULL, stderr=stderr,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while len(list((out / "manifest").glob("*.json"))) < 2 if (out / "manifest").is_dir() else True:
