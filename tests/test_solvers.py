@@ -167,6 +167,17 @@ def test_nystrom_cache_dir_is_checked(tmp_path):
         predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_dir=3)
     with pytest.raises(ValueError, match="with a client they stay in the workers' memory"):
         predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_dir=tmp_path, client=object())
+    # a disk too small for the blocks beyond cache_bytes: refused before any work, naming cache_dir
+    from tangents._predict import _nystrom
+
+    full = _nystrom.shutil.disk_usage
+    try:
+        _nystrom.shutil.disk_usage = lambda path: full(path)._replace(free=10)
+        with pytest.raises(OSError, match=r"need .* GiB in cache_dir=.* but 0.0 GiB are free; choose a larger disk, raise cache_bytes"):
+            predict.nystrom(kernel_fn, x, y, n_centers=8, diag_reg=DIAG_REG, cache_bytes=0, cache_dir=tmp_path)(
+                x_test=xt, get="ntk")
+    finally:
+        _nystrom.shutil.disk_usage = full
 
 
 def test_falkon_factors_share_one_matrix():
