@@ -93,6 +93,7 @@ def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any
     files, as the previous result is freed untimed here).
     Both libraries go through this very function, so they get the same protocol: always
     exactly ``repeats`` timed calls (never fewer because a call is slow).
+    ``repeats=0`` times the first call alone (``median_s``, ``cpu_s`` and ``peak_mb`` absent).
     Returns ``first_s``, ``first_peak_mb`` (peak RSS growth of the first call), ``times_s``,
     ``median_s``, ``cpu_s`` (median process CPU time of a timed call, all threads: less
     sensitive than wall time to other users of a shared machine), ``peak_mb`` (peak RSS growth during the timed calls) and the last result.
@@ -107,7 +108,8 @@ def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any
     first_peak = peak_mb() - base
     n = repeats
     times, cpu = [], []
-    del result
+    if n:
+        del result
     reset_peak()
     base = rss_mb()
     for i in range(n):
@@ -119,6 +121,8 @@ def median_timing(call: Callable[[], Any], repeats: int = 3, sync: Callable[[Any
         cpu.append(time.process_time() - c0)
         if i < n - 1:
             del result
+    if not times:  # repeats=0: the first call alone
+        return {"first_s": first, "first_peak_mb": max(first_peak, 0.0), "times_s": [], "result": result}
     return {"first_s": first, "first_peak_mb": max(first_peak, 0.0), "times_s": times,
             "median_s": statistics.median(times),
             "cpu_s": statistics.median(cpu), "peak_mb": max(peak_mb() - base, 0.0), "result": result}
