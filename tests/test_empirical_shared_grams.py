@@ -17,7 +17,7 @@ from tangents import empirical_ntk_fn
 from tangents._empirical._function import make_problem
 from tangents._empirical._rules import scale_of
 from tangents._empirical._probes import discover
-from tangents._empirical._structured import MULTIPLE_TOLERANCE, multiple_of
+from tangents._empirical._structured import MULTIPLE_TOLERANCE, _spread, multiple_of
 from ntk_reference import reference_ntk
 
 
@@ -46,6 +46,35 @@ def test_multiple_of_rejects_what_is_not_a_multiple(dtype):
     assert multiple_of(b[:, :32].contiguous(), b[:, 1:].contiguous()) is None
     assert multiple_of(b.reshape(33, 64), b) is None  # shapes differ
     assert multiple_of(b.float() if dtype == torch.float64 else b.double(), b) is None  # dtypes differ
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 1000, 2**24 + 2, 46_080_000, 2**33 + 3])
+@pytest.mark.parametrize("default_dtype", [torch.float32, torch.float64])
+def test_spread_points_stay_inside_large_tensors(n, default_dtype):
+    """The spread-out entries a multiple is first tested on: 0 and n - 1 included, all inside,
+    whatever the default dtype (the suite's is float64, a user's float32). A float32 linspace
+    rounded n - 1 = 46,079,999 up to 46,080,000 (IndexError on ResNet-18's derivatives at
+    N = 1,000 in blocks of 250)."""
+    _spread.cache_clear()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default_dtype)
+    try:
+        idx = _spread(n, torch.device("cpu"))
+    finally:
+        torch.set_default_dtype(previous)
+    assert idx.dtype == torch.int64 and int(idx[0]) == 0 and int(idx[-1]) == n - 1
+    assert bool((idx[1:] >= idx[:-1]).all()) and int(idx.max()) < n
+
+
+def test_multiple_of_a_tensor_past_float32_integers():
+    _spread.cache_clear()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # as a user's
+    try:
+        b = torch.ones(46_080_000)  # more entries than float32 counts exactly (2**24)
+        assert multiple_of(3.0 * b, b) == 3.0
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def test_multiple_of_zero_is_zero_times():

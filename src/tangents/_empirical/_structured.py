@@ -82,8 +82,9 @@ def _max_abs(t: torch.Tensor) -> float:
 
 @functools.lru_cache(maxsize=64)
 def _spread(n: int, device: torch.device) -> torch.Tensor:
-    """``Fingerprint.SPREAD`` indices spread evenly over ``range(n)``."""
-    return torch.linspace(0, n - 1, Fingerprint.SPREAD, device=device).long()
+    """``Fingerprint.SPREAD`` indices spread evenly over ``range(n)``, the first ``0`` and the
+    last ``n - 1`` (in integers: a float32 ``linspace`` rounds ``n - 1`` up to ``n`` past 2**24)."""
+    return torch.arange(Fingerprint.SPREAD, device=device) * (n - 1) // (Fingerprint.SPREAD - 1)
 
 
 class Fingerprint:
