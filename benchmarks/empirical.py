@@ -25,7 +25,9 @@ implementation the table also gives AUTO's prediction (seconds and peak memory o
 first one computed. A side predicted to take more than a quarter of ``--timeout`` per call
 is called once (its first call, which bounds its median from above; the table marks it), one
 predicted to exceed ``--timeout / 1.5`` is not run (the table says so), nor a recipe whose
-Jacobians alone exceed ``--memory-gb``.
+Jacobians alone exceed ``--memory-gb``; ``--once`` calls every side once, whatever its
+prediction (the recipes' predictions can be far off: they are costed as written, not as
+``vmap`` batches them).
 
 Run (the machine should be otherwise idle)::
 
@@ -36,7 +38,7 @@ Run (the machine should be otherwise idle)::
 
 ``--small`` runs the same code on small models (ResNet width 8, a 1-layer transformer with
 d_model 32, sequence 8) at N = 4. Results go to ``benchmarks/results/empirical.json`` (nt)
-and ``benchmarks/results/empirical_models.json`` (torch; ``_small`` for ``--small``).
+and ``benchmarks/results/empirical_models.json`` (torch; ``_small`` for ``--small``, ``_once`` for ``--once``).
 
 The peer. neural-tangents runs in its own virtual environment (never a dependency of
 tangents). Create it once with::
@@ -253,7 +255,8 @@ def recipe_predictions(model, x, memory_gb: float) -> dict:  # noqa: ANN001
 def run_models(args: argparse.Namespace) -> None:
     table = SMALL_MODELS if args.small else MODELS
     ns = [4] if args.small else args.n
-    out_path = HERE / "results" / ("empirical_models_small.json" if args.small else "empirical_models.json")
+    out_path = HERE / "results" / ("empirical_models_small.json" if args.small else
+                                   "empirical_models_once.json" if args.once else "empirical_models.json")
     rows: list[dict] = []
     record = {"code": code_state(), "threads": args.threads, "dtype": "float32", "trace_axes": [],
               "memory_gb": args.memory_gb, "timeout_s": args.timeout, "protocol":
@@ -269,8 +272,8 @@ def run_models(args: argparse.Namespace) -> None:
                 for side in args.sides:
                     row = {"model": name, "n": n, "side": side, "load_before": load_average()}
                     guess = predictions.get(side)
-                    first_only = guess is not None and 4 * guess["seconds"] > args.timeout
-                    if first_only and 1.5 * guess["seconds"] > args.timeout:
+                    first_only = args.once or (guess is not None and 4 * guess["seconds"] > args.timeout)
+                    if first_only and not args.once and 1.5 * guess["seconds"] > args.timeout:
                         row["skipped"] = f"predicted {guess['seconds']:.0f} s per call > --timeout / 1.5"
                         rows.append(row)
                         print(_models_line(row), flush=True)
@@ -371,6 +374,8 @@ def main() -> None:
     parser.add_argument("--memory-gb", type=float, default=8.0, help="torch suite: memory each side may use")
     parser.add_argument("--threads", type=int, default=1, help="compute threads of every side")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per measurement")
+    parser.add_argument("--once", action="store_true",
+                        help="torch suite: call every side once (its first call), whatever its prediction")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--models-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
