@@ -64,6 +64,11 @@ def check_axes_disjoint(trace_axes: Axes, diagonal_axes: Axes) -> None:
 
 #: Rows per block when a batch's kernel with itself is contracted by symmetric halves.
 SELF_CONTRACT_BLOCK = 64
+#: Bytes of the largest temporary of one structured contraction, the token-pair products
+#: ``G1[t]·G2[t']`` of every example pair (``E1·E2·σ·T²`` floats, σ the output pairs): the
+#: rows of ``x1`` are taken in panels that keep it within this (ResNet-18's second stage on
+#: 128 examples, untraced: 1.7 GB in one piece, held twice while contracted; `_rules.structured`).
+STRUCTURED_PANEL_BYTES = 64 << 20
 #: Multiply-adds per kernel entry below which halving does not pay: mirroring an entry (a
 #: transposed copy, ~3 ns) costs about as much as 400 multiply-adds of the saved product.
 SELF_CONTRACT_MIN_WORK = 384
@@ -199,11 +204,11 @@ class OutputSpec:
         out = None
         if self.kinds[0] == PAIR:
             kept = math.prod(s for k, s in zip(self.kinds[1:], a.shape[1:]) if k != TRACE)
-            out = by_symmetric_halves(a.shape[0], lambda i, j: self.contract(a[i:j], a[i:]), self._mirror,
+            out = by_symmetric_halves(a.shape[0], lambda i, j: self.contract(a[i:j], a[i:]), self.mirror,
                                       a[0].numel() // max(kept, 1))
         return self.contract(a, a) if out is None else out
 
-    def _mirror(self, k: torch.Tensor) -> torch.Tensor:
+    def mirror(self, k: torch.Tensor) -> torch.Tensor:
         """The canonical kernel of the swapped batches: example axes and each pair swapped."""
         k = k.transpose(0, 1)
         position = 2

@@ -34,7 +34,7 @@ from .._torch_private import tree_flatten
 
 from .. import blocks
 from .._torch_private import C_LINEAR, TensorBase
-from ._axes import SELF_CONTRACT_BLOCK, OutputSpec
+from ._axes import SELF_CONTRACT_BLOCK, STRUCTURED_PANEL_BYTES, TRACE, OutputSpec
 from ._function import Problem
 
 #: NTK_VECTOR_PRODUCTS runs its forward-mode products over ``x1`` in chunks of rows
@@ -218,12 +218,18 @@ def block_costs(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSp
         flops = n * feat_flops
         traffic = n * feat_traffic
         biggest = 0.0
+        # `_rules.structured`: the token-pair products of a panel of rows of x1 (within
+        # STRUCTURED_PANEL_BYTES, at least one row), held twice while contracted; a batch
+        # with itself with every output axis traced forms its (E, E, T, T) Grams whole.
+        traced_self = same and all(k == TRACE for sp in specs for k in sp.kinds[1:])
+        panel = STRUCTURED_PANEL_BYTES / itemsize
         for t, i, o in prof.uses:
             structured = pairs * t * t * 2 * (sigma * o + i + sigma)
             jacobian = n * 2 * s * t * i * o + 2 * pairs * sigma * i * o
             if structured <= jacobian:
                 flops += structured
-                biggest = max(biggest, pairs * sigma * t * t)
+                held = pairs * sigma * t * t
+                biggest = max(biggest, held if traced_self else 2 * min(held, max(panel, n2 * sigma * t * t)))
             else:
                 flops += jacobian
                 traffic += 2 * n * s * i * o

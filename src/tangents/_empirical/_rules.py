@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.func import vjp, vmap
 
 from .._torch_private import C_LINEAR, TensorBase
-from ._axes import PAIR, TRACE, OutputSpec, by_symmetric_halves
+from ._axes import PAIR, STRUCTURED_PANEL_BYTES, TRACE, OutputSpec, by_symmetric_halves
 from ._recorder import Use
 
 _LINEAR = {F.linear, C_LINEAR}
@@ -171,17 +171,49 @@ def jacobian_of(rule: Linearish, p_shape: torch.Size, gg: torch.Tensor, xx: torc
 
 
 def structured(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """``Σ_{t,t'} (G1[t]·G2[t']) (x1[t]·x2[t'])`` in the canonical zipped layout (unscaled)."""
+    """``Σ_{t,t'} (G1[t]·G2[t']) (x1[t]·x2[t'])`` in the canonical zipped layout (unscaled).
+
+    ``g`` ``(E, *S, T, out)`` and ``x`` ``(E, T, in)``. With a paired example axis the rows of
+    example 1 go in panels whose token-pair products fit ``STRUCTURED_PANEL_BYTES``, and a
+    batch with itself computes its upper half only (the rest is the mirror image).
+    """
+    lab1, lab2, out, nxt = spec.labels()
+    e1, e2 = lab1[0], lab2[0]
+    keep = out + ([e1] if spec.kinds[0] == TRACE else [])
+    if g1 is g2 and x1 is x2 and keep == [e1, e2]:  # a batch with itself, output axes traced
+        gg, xx = _self_gram(g1.movedim(-2, 1).flatten(2)), _self_gram(x1)  # G as (E, T, S·out)
+        return torch.einsum(gg, keep + [nxt, nxt + 1], xx, keep + [nxt, nxt + 1], out)
+    if spec.kinds[0] != PAIR:
+        return _structured_block(spec, g1, x1, g2, x2)
+    same = g1 is g2 and x1 is x2
+    pairs = math.prod(s * s if k == PAIR else s for k, s in zip(spec.kinds[1:], g1.shape[1:-2]))
+    per_row = x2.shape[0] * pairs * x1.shape[1] * x2.shape[1] * g1.element_size()
+    rows = max(1, STRUCTURED_PANEL_BYTES // max(per_row, 1))
+
+    def panel(i: int, j: int) -> torch.Tensor:  # rows i:j against columns i: (same) or all
+        c = i if same else 0
+        parts = [_structured_block(spec, g1[r : min(r + rows, j)], x1[r : min(r + rows, j)], g2[c:], x2[c:])
+                 for r in range(i, j, rows)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+    if same:
+        work = x1.shape[1] ** 2 * (g1.shape[-1] + x1.shape[-1] // max(pairs, 1))  # multiply-adds per entry
+        halves = by_symmetric_halves(x1.shape[0], panel, spec.mirror, work)
+        if halves is not None:
+            return halves
+    return panel(0, x1.shape[0])
+
+
+def _structured_block(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor
+                      ) -> torch.Tensor:
+    """:func:`structured` in one piece: the token-pair products of every example pair at once."""
     lab1, lab2, out, nxt = spec.labels()
     t1, t2, o, i = nxt, nxt + 1, nxt + 2, nxt + 3
     e1, e2 = lab1[0], lab2[0]
     keep = out + ([e1] if spec.kinds[0] == TRACE else [])
     ee = [e1, e2] if e1 != e2 else [e1]
-    if g1 is g2 and x1 is x2 and keep == ee == [e1, e2]:  # a batch with itself, output axes traced
-        gg, xx = _self_gram(g1.movedim(-2, 1).flatten(2)), _self_gram(x1)  # G as (E, T, S·out)
-    else:
-        gg = torch.einsum(g1, lab1 + [t1, o], g2, lab2 + [t2, o], keep + [t1, t2])
-        xx = torch.einsum(x1, [e1, t1, i], x2, [e2, t2, i], ee + [t1, t2])
+    gg = torch.einsum(g1, lab1 + [t1, o], g2, lab2 + [t2, o], keep + [t1, t2])
+    xx = torch.einsum(x1, [e1, t1, i], x2, [e2, t2, i], ee + [t1, t2])
     return torch.einsum(gg, keep + [t1, t2], xx, ee + [t1, t2], out)
 
 
