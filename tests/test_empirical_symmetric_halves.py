@@ -111,7 +111,8 @@ def test_structured_row_panels_give_the_jacobian_kernel(with_x2, trace_axes, mon
     original = rules_module._structured_block
 
     def counted(spec, g1, x1, g2, x2):
-        pairs = math.prod(s * s if k == "pair" else s for k, s in zip(spec.kinds[1:], g1.shape[1:-2]))
+        kept = {"pair": lambda s: s * s, "diag": lambda s: s, "trace": lambda s: 1}  # traced axes are summed
+        pairs = math.prod(kept[k](s) for k, s in zip(spec.kinds[1:], g1.shape[1:-2]))
         held = g1.shape[0] * g2.shape[0] * pairs * g1.shape[-2] * g2.shape[-2] * g1.element_size()
         panels.append((g1.shape[0], g2.shape[0], held))
         return original(spec, g1, x1, g2, x2)
