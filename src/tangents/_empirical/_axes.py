@@ -68,9 +68,9 @@ SELF_CONTRACT_BLOCK = 64
 #: ``G1[t]·G2[t']`` of every example pair (``E1·E2·σ·T²`` floats, σ the output pairs): the
 #: rows of ``x1`` are taken in panels that keep it within this (ResNet-18's second stage on
 #: 128 examples, untraced: 1.7 GB in one piece, held twice while contracted; `_rules.structured`).
-#: ResNet-18, untraced, 2 threads, separate runs on an idle machine (medians, ±15 % from run to
-#: run): 64 MiB 0.46 s at N = 16 and 10.2 s at N = 128; 256 MiB 0.53 s and 11.2 s; one piece
-#: 0.40 s and 12.7 s (3.7 GB).
+#: The panels cost no measurable time: ResNet-18, 2 threads, idle, interleaved medians of 5 for
+#: 64 MiB / 256 MiB / one piece: 0.42 / 0.42 / 0.42 s (untraced, N = 16), 10.3 / 10.7 / 10.6 s
+#: (untraced, N = 128), 4.7 / 4.6 / 4.5 s (traced, 125 x 125 examples; ranges overlap).
 STRUCTURED_PANEL_BYTES = 64 << 20
 #: Multiply-adds per kernel entry below which halving does not pay: mirroring an entry (a
 #: transposed copy, ~3 ns) costs about as much as 400 multiply-adds of the saved product.
