@@ -131,6 +131,12 @@ class OutputSpec:
         """Output entries per example pair of the kernel: ``Π_S (s² if paired else s)``."""
         return math.prod(s * s if k == PAIR else s for k, s in zip(self.kinds[1:], self.sizes[1:]))
 
+    @property
+    def kept_factor(self) -> int:
+        """Output entries per example pair before traced axes are summed away:
+        ``Π_S (s² if paired, s if diagonal, 1 if traced)``."""
+        return math.prod(s * s if k == PAIR else s if k == DIAG else 1 for k, s in zip(self.kinds[1:], self.sizes[1:]))
+
     @staticmethod
     def make(
         full_shape: Sequence[int],

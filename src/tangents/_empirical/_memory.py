@@ -34,7 +34,7 @@ from .._torch_private import tree_flatten
 
 from .. import blocks
 from .._torch_private import C_LINEAR, TensorBase
-from ._axes import DIAG, PAIR, SELF_CONTRACT_BLOCK, STRUCTURED_PANEL_BYTES, TRACE, OutputSpec
+from ._axes import SELF_CONTRACT_BLOCK, STRUCTURED_PANEL_BYTES, TRACE, OutputSpec
 from ._function import Problem
 
 #: NTK_VECTOR_PRODUCTS runs its forward-mode products over ``x1`` in chunks of rows
@@ -223,8 +223,7 @@ def block_costs(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSp
         # with itself with every output axis traced forms its (E, E, T, T) Grams whole.
         traced_self = same and all(k == TRACE for sp in specs for k in sp.kinds[1:])
         panel = STRUCTURED_PANEL_BYTES / itemsize
-        kept = max(1, sum(math.prod(z * z if k == PAIR else z if k == DIAG else 1 for k, z in zip(sp.kinds[1:], sp.sizes[1:]))
-                          for sp in specs))  # output entries per pair the products keep (traced ones summed)
+        kept = max(1, sum(sp.kept_factor for sp in specs))  # traced output axes are summed in the products
         for t, i, o in prof.uses:
             structured = pairs * t * t * 2 * (sigma * o + i + sigma)
             jacobian = n * 2 * s * t * i * o + 2 * pairs * sigma * i * o

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.func import vjp, vmap
 
 from .._torch_private import C_LINEAR, TensorBase
-from ._axes import DIAG, PAIR, STRUCTURED_PANEL_BYTES, TRACE, OutputSpec, by_symmetric_halves
+from ._axes import PAIR, STRUCTURED_PANEL_BYTES, TRACE, OutputSpec, by_symmetric_halves
 from ._recorder import Use
 
 _LINEAR = {F.linear, C_LINEAR}
@@ -186,7 +186,7 @@ def structured(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.T
     if spec.kinds[0] != PAIR:
         return _structured_block(spec, g1, x1, g2, x2)
     same = g1 is g2 and x1 is x2
-    pairs = _kept_output_pairs(spec, g1)
+    pairs = spec.kept_factor  # traced output axes are summed in the products
     per_row = x2.shape[0] * pairs * x1.shape[1] * x2.shape[1] * g1.element_size()
     rows = max(1, STRUCTURED_PANEL_BYTES // max(per_row, 1))
 
@@ -197,18 +197,11 @@ def structured(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.T
         return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
     if same:
-        products = math.prod(s * s if k == PAIR else s for k, s in zip(spec.kinds[1:], g1.shape[1:-2]))
-        work = x1.shape[1] ** 2 * (g1.shape[-1] * products + x1.shape[-1]) // pairs  # multiply-adds per entry
+        work = x1.shape[1] ** 2 * (g1.shape[-1] * spec.pair_factor + x1.shape[-1]) // pairs  # multiply-adds per entry
         halves = by_symmetric_halves(x1.shape[0], panel, spec.mirror, work)
         if halves is not None:
             return halves
     return panel(0, x1.shape[0])
-
-
-def _kept_output_pairs(spec: OutputSpec, g: torch.Tensor) -> int:
-    """Output entries per example pair that the token-pair products keep: ``s²`` for a paired
-    output axis, ``s`` for a diagonal one, none for a traced one (summed in the product)."""
-    return math.prod(s * s if k == PAIR else s if k == DIAG else 1 for k, s in zip(spec.kinds[1:], g.shape[1:-2]))
 
 
 def _structured_block(spec: OutputSpec, g1: torch.Tensor, x1: torch.Tensor, g2: torch.Tensor, x2: torch.Tensor
