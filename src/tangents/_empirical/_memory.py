@@ -8,13 +8,15 @@ per example and ``σ`` the output-pair factor left after tracing (``|S|²`` untr
 ``|S|`` traced), a block of ``n1 × n2`` examples costs about
 
     JACOBIAN_CONTRACTION    FLOPs 3F|S|(n1+n2) + n1 n2 σ P       memory (n1+n2)|S|P + n|S|A
-    NTK_VECTOR_PRODUCTS     FLOPs 3F|S| n2 + 3F|S| n1 n2          memory n2|S|P + n1 c A
+    NTK_VECTOR_PRODUCTS     FLOPs 3F|S| n2 + 3F|S| n1 n2          memory e|S|P + r m A
     STRUCTURED_DERIVATIVES  FLOPs 3F|S|(n1+n2) + n1 n2 σ Σ_uses min(T²(out+in), out·in)
                             memory (n1+n2)|S|A + n1 n2 σ max T²
 
-plus the ``n1 n2 σ`` kernel itself (floats; times the dtype size for bytes), where ``c`` is
-the rows per forward-mode chunk (`_ntk_vp.row_chunk`: ``n2|S|`` rows in chunks of at least
-``MIN_CHUNK_ROWS`` and otherwise within ``CHUNK_BYTES``). These are
+plus the ``n1 n2 σ`` kernel itself (floats; times the dtype size for bytes), where the
+forward-mode products take the rows of ``e`` examples of ``x2`` at a time, ``r`` of them
+through ``m`` examples of ``x1`` per pass (:func:`forward_passes`; ``A`` plus
+``FORWARD_LIVE_TENSORS`` times the largest intermediate for a pass of independent examples;
+without ``vmap_axes``, ``e = n2`` and ``m = n1``). These are
 estimates (within a small factor), used to rank implementations and to refuse or tile a
 computation before it starts.
 """
@@ -46,6 +48,26 @@ from ._function import Problem
 CHUNK_BYTES = 128 << 20
 CHUNK_TENSOR_BYTES = 8 << 20
 MIN_CHUNK_ROWS = 4
+
+#: When even one example's rows over all of ``x1`` outgrow the chunk budget, they go through
+#: panels of ``x1`` whose largest tangent is within ``PANEL_TENSOR_BYTES``: glibc's largest
+#: mmap threshold (``mallopt(3)``; see :func:`prime_allocator`), so that the blocks of one
+#: pass are reused from the heap by the next instead of mapped and page-faulted afresh. Not
+#: smaller: every pass also reads the rows, parameter-sized vectors, and repeats the primal
+#: pass; measured (2 threads, 16 examples, float32), panels of 4, 8 and 16 examples took 10.0,
+#: 7.7 and 6.5 s on ResNet-18 and 21.0, 18.3 and 16.9 s on the transformer of the benchmarks.
+PANEL_TENSOR_BYTES = 32 << 20
+#: For ``x2=None`` the panel that ends at the diagonal is rounded up to a multiple of
+#: ``1 / PANEL_GRANULES`` of a panel (`_ntk_vp._columns_by_example_chunks`), so that passes
+#: come in a few sizes whose blocks the allocator reuses.
+PANEL_GRANULES = 4
+#: Transient tangents the size of a pass's largest that a forward-mode pass holds on top of
+#: its intermediates (the products of both arguments of a linear map and their sum, ``vmap``'s
+#: moved copies), counted by the memory model. Measured peaks (2 threads, float32, after the
+#: rows): ResNet-18 at 128 examples in panels of 51, 230 MB against 624 MB counted; the
+#: transformer at 16 in panels of 12, 800 MB against 956 MB (its intermediates alone, 708 MB,
+#: were too few).
+FORWARD_LIVE_TENSORS = 8
 
 _LINEAR = {F.linear, C_LINEAR}
 _MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, TensorBase.matmul, torch.mm, torch.bmm}
@@ -205,15 +227,25 @@ def block_costs(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSp
         mem = n * feat_mem + held + kernel
     elif impl == 2:
         src = n1 if same else n2
-        rows_per_chunk = _rows_per_chunk(prof, n1, itemsize)
-        per = max(1, rows_per_chunk // max(s, 1)) if independent else src  # examples of x2 per chunk
+        if independent:
+            passes = forward_passes(prof, n1, s, itemsize)
+            per = min(passes.examples, src)
+            rows_held, rows = per * s, min(passes.rows, per * s)
+            live = rows * min(passes.panel, n1) * (a + FORWARD_LIVE_TENSORS * prof.largest)  # one pass's tangents
+            primal_passes = math.ceil(rows_held / rows)  # per chunk and panel
+        else:  # all rows, chunked in the vmap, through the whole batch
+            c = rows_per_chunk(prof, n1, itemsize)
+            per, rows_held = src, src * s
+            chunk_rows = min(rows_held, c) if rows_held > MIN_CHUNK_ROWS else rows_held
+            live = n1 * chunk_rows * a
+            primal_passes = math.ceil(rows_held / chunk_rows)
         chunks = math.ceil(src / per)
-        n1_eff = (n1 + per) / 2 if same else n1  # x2=None: each chunk through the examples up to its own
-        flops = src * (feat_flops + s * f_) + f_ * n1_eff * (chunks + 2 * src * s)
+        n1_eff = n1
+        if same:  # x2=None: each chunk through the examples up to its own, in whole granules of a panel
+            n1_eff = min(n1, (n1 + per) / 2 + (independent and passes.panel / PANEL_GRANULES / 2))
+        flops = src * (feat_flops + s * f_) + f_ * n1_eff * (chunks * primal_passes + 2 * src * s)
         traffic = src * (feat_traffic + 4 * s * p) + 2 * n1_eff * src * s * a
-        rows_held = per * s if independent else src * s
-        chunk_rows = min(rows_held, rows_per_chunk) if rows_held > MIN_CHUNK_ROWS else rows_held
-        mem = rows_held * p + per * feat_mem + n1 * chunk_rows * a + n1 * n2 * s * s
+        mem = rows_held * p + per * feat_mem + live + n1 * n2 * s * s
     else:
         flops = n * feat_flops
         traffic = n * feat_traffic
@@ -247,13 +279,50 @@ def block_costs(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSp
     return float(flops), float(traffic * itemsize), float(mem * itemsize)
 
 
-def _rows_per_chunk(prof: Profile, n1: int, itemsize: int) -> int:
-    """`_ntk_vp.row_chunk` from the profile: rows whose forward-mode intermediates over ``n1``
-    examples fit ``CHUNK_BYTES`` (at least ``MIN_CHUNK_ROWS``), the largest ``CHUNK_TENSOR_BYTES``."""
+def rows_per_chunk(prof: Profile, n1: int, itemsize: int) -> int:
+    """Rows ``J2ᵀ e`` per ``vmap``-ed forward-mode pass over all ``n1`` examples of ``x1``
+    (`_ntk_vp.row_chunk`): their intermediates within ``CHUNK_BYTES`` (but at least
+    ``MIN_CHUNK_ROWS`` rows), the largest within ``CHUNK_TENSOR_BYTES``."""
     scale = max(1, n1) * itemsize
     by_total = CHUNK_BYTES // max(1, prof.activations * scale)
     by_largest = CHUNK_TENSOR_BYTES // max(1, prof.largest * scale)
     return max(1, min(by_largest, max(by_total, MIN_CHUNK_ROWS)))
+
+
+@dataclass(frozen=True)
+class ForwardPasses:
+    """How NTK_VECTOR_PRODUCTS pushes the rows of independent examples forward
+    (`_ntk_vp._columns_by_example_chunks`): ``examples`` examples of ``x2`` at a time (their
+    ``examples × |S|`` rows computed just before), those rows ``rows`` at a time (one
+    ``vmap``-ed ``jvp``) through ``panel`` examples of ``x1`` at a time.
+
+    A pass holds tangents of ``rows × panel`` times one example's intermediates; fixed-size
+    panels keep them within the chunk budget and let the allocator reuse the same blocks
+    from pass to pass, however large ``x1``.
+    """
+
+    examples: int
+    rows: int
+    panel: int
+
+
+def forward_passes(prof: Profile, n1: int, s: int, itemsize: int) -> ForwardPasses:
+    """The :class:`ForwardPasses` for ``n1`` examples of ``x1`` and ``s`` rows per example of
+    ``x2``: whole examples' rows through all of ``x1`` when :func:`rows_per_chunk` allows
+    ``s`` rows or more (the primal pass, repeated per pass, is then amortized over the most
+    rows); otherwise one example's ``s`` rows through panels of ``x1``, the largest tangent
+    of a pass within ``PANEL_TENSOR_BYTES``; and if even one example of ``x1`` is too much
+    for ``s`` rows, fewer rows through one example."""
+    s = max(1, s)
+    c = rows_per_chunk(prof, n1, itemsize)
+    if c >= s:
+        per = c // s
+        return ForwardPasses(per, per * s, max(1, n1))
+    largest = max(1, prof.largest * itemsize)
+    panel = min(max(1, n1), PANEL_TENSOR_BYTES // (s * largest))
+    if panel >= 1:
+        return ForwardPasses(1, s, panel)
+    return ForwardPasses(1, max(1, min(s, PANEL_TENSOR_BYTES // largest)), 1)
 
 
 def estimate(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSpec], n1: int, n2: int, same: bool,
