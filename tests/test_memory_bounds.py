@@ -22,12 +22,11 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc (Linux)")
 
-_CHILD = textwrap.dedent(
+#: What every child starts with: ``status(field)`` reads a /proc/self/status entry in MB.
+_PRELUDE = textwrap.dedent(
     """
     import json, sys
     import torch
-    from tangents import stax
-    import tangents
 
     def status(field):
         with open("/proc/self/status") as f:
@@ -35,6 +34,13 @@ _CHILD = textwrap.dedent(
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     torch.set_num_threads(2)
+    """
+)
+
+_CHILD = _PRELUDE + textwrap.dedent(
+    """
+    from tangents import stax
+    import tangents
     net = stax.serial(
         stax.Conv(8, (3, 3), padding="SAME", W_std=1.5, b_std=0.1), stax.Relu(),
         stax.Conv(8, (3, 3), padding="SAME", W_std=1.5, b_std=0.1), stax.Relu(),
@@ -126,21 +132,12 @@ def test_plain_kernel_fn_on_a_large_input_is_tiled_automatically(tmp_path):
     assert auto < untiled / 4, (auto, untiled)
 
 
-_NTK_VP_CHILD = textwrap.dedent(
+_NTK_VP_CHILD = _PRELUDE + textwrap.dedent(
     """
-    import json, sys
-    import torch
     import tangents
     import tangents._empirical._memory as memory
     import tangents._empirical._ntk_vp as ntk_vp
     from tangents import NtkImplementation
-
-    def status(field):
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    torch.set_num_threads(2)
     n, mode = int(sys.argv[1]), sys.argv[2]
     # A panel budget 8x smaller than the default keeps the test fast: panels of 6 examples.
     memory.PANEL_TENSOR_BYTES = 4 << 20
