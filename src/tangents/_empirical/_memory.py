@@ -233,16 +233,16 @@ def block_costs(impl: int, prof: Profile, sizes: list[int], specs: list[OutputSp
             rows_held, rows = per * s, min(passes.rows, per * s)
             live = rows * min(passes.panel, n1) * (a + FORWARD_LIVE_TENSORS * prof.largest)  # one pass's tangents
             primal_passes = math.ceil(rows_held / rows)  # per chunk and panel
+            rounding = passes.granule / 2  # x2=None: the diagonal panel in whole granules
         else:  # all rows, chunked in the vmap, through the whole batch
             c = rows_per_chunk(prof, n1, itemsize)
             per, rows_held = src, src * s
             chunk_rows = min(rows_held, c) if rows_held > MIN_CHUNK_ROWS else rows_held
             live = n1 * chunk_rows * a
             primal_passes = math.ceil(rows_held / chunk_rows)
+            rounding = 0
         chunks = math.ceil(src / per)
-        n1_eff = n1
-        if same:  # x2=None: each chunk through the examples up to its own, in whole granules of a panel
-            n1_eff = min(n1, (n1 + per) / 2 + (independent and passes.panel / PANEL_GRANULES / 2))
+        n1_eff = min(n1, (n1 + per) / 2 + rounding) if same else n1  # x2=None: each chunk up to its own
         flops = src * (feat_flops + s * f_) + f_ * n1_eff * (chunks * primal_passes + 2 * src * s)
         traffic = src * (feat_traffic + 4 * s * p) + 2 * n1_eff * src * s * a
         mem = rows_held * p + per * feat_mem + live + n1 * n2 * s * s
@@ -304,6 +304,11 @@ class ForwardPasses:
     examples: int
     rows: int
     panel: int
+
+    @property
+    def granule(self) -> int:
+        """For ``x2=None``, the panel ending at the diagonal is rounded up to a multiple of this."""
+        return max(1, -(-self.panel // PANEL_GRANULES))
 
 
 def forward_passes(prof: Profile, n1: int, s: int, itemsize: int) -> ForwardPasses:

@@ -35,7 +35,7 @@ from .._torch_private import tree_map
 from ._axes import OutputSpec, reduce_full
 from ._function import Problem
 from ._jacobian import JacobianSource
-from ._memory import MIN_CHUNK_ROWS, PANEL_GRANULES, ForwardPasses, cached_profile, forward_passes, rows_per_chunk
+from ._memory import MIN_CHUNK_ROWS, ForwardPasses, cached_profile, forward_passes, rows_per_chunk
 
 
 def jvp_any(fn: Callable, primals: tuple[torch.Tensor, ...], tangents: tuple[torch.Tensor, ...]) -> Any:
@@ -122,7 +122,6 @@ def _columns_by_example_chunks(
     src, ksrc = (x1, kw1) if x2 is None else (x2, kw2)
     e1, e2 = problem.batch_size(x1, kw1), problem.batch_size(src, ksrc)
     cols: list[torch.Tensor | None] = [None] * len(leads)
-    granule = max(1, -(-passes.panel // PANEL_GRANULES))
     for a in range(0, e2, passes.examples):
         b = min(a + passes.examples, e2)
         rows = _flat_rows(problem, tensors, *problem.slice(src, ksrc, a, b), [len(lead) for lead in leads], cache)
@@ -134,7 +133,7 @@ def _columns_by_example_chunks(
             for p in range(0, end, passes.panel):
                 q = min(p + passes.panel, end)
                 if x2 is None and q < min(p + passes.panel, e1):  # the diagonal panel: whole granules
-                    q = min(p + -(-(q - p) // granule) * granule, e1)
+                    q = min(p + -(-(q - p) // passes.granule) * passes.granule, e1)
                 xp, kp = problem.slice(x1, kw1, p, q)
                 part = vmap(lambda *v: ntk_vp(problem, tensors, xp, kp, v)[leaf], chunk_size=chunk)(*rows[leaf])
                 if cols[leaf] is None:  # (rows of a:b, examples p:q, *S)
